@@ -1,0 +1,236 @@
+"""``audiolm-jax COMMAND [flags]``: the command-line entry point (absl + ml_collections).
+
+Commands: quickstart, train-codec, eval-codec, encode, decode, reconstruct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/...py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_string("audio", None, "An audio file or a folder of audio files (eval-codec).")
+flags.DEFINE_integer("steps", None, "quickstart: number of training steps (default: the preset's).")
+flags.DEFINE_integer("num_levels", None, "Use only the first N quantizer levels (reconstruct).")
+
+USAGE = """usage: audiolm-jax COMMAND [--flags]
+
+commands:
+  quickstart   --workdir=DIR               train a small codec on the built-in corpus (CPU minutes)
+  train-codec  --config=FILE --workdir=DIR [--config.key=value ...]
+  eval-codec   --workdir=DIR --audio=PATH  print spectral/mel/SI-SNR/bitrate/usage as JSON
+  encode       --workdir=DIR IN.wav OUT.npy
+  decode       --workdir=DIR IN.npy OUT.wav
+  reconstruct  --workdir=DIR IN.wav OUT.wav
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _require(value, name: str):
+    if not value:
+        raise UsageError(f"--{name} is required")
+    return value
+
+
+def _positional(argv, names):
+    if len(argv) != len(names):
+        raise UsageError(f"expected arguments {' '.join(names)}, got {argv or 'none'}")
+    return argv
+
+
+def train_codec(config, workdir: str) -> dict:
+    """Validates the config, trains (resuming if the workdir has checkpoints), returns a summary."""
+    import jax
+
+    from audiolm_jax.codec.data import eval_clips, make_train_iterator
+    from audiolm_jax.codec.inference import load_config, save_config
+    from audiolm_jax.codec.task import CodecTask
+    from audiolm_jax.config_check import ConfigError, check_codec_config
+    from audiolm_jax.train.loop import train_loop
+
+    check_codec_config(config, jax.device_count())
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        old = load_config(workdir)
+        changed = [f"{section}.{k}" for section in ("model", "quantizer")
+                   for k in sorted(set(old[section]) | set(config[section]))
+                   if json.dumps(old[section].get(k), default=list) != json.dumps(
+                       config[section].get(k), default=list)]
+        if changed:
+            raise ConfigError(f"workdir {workdir!r} holds a codec with different {', '.join(changed)}; "
+                              "use a new --workdir")
+    save_config(config, workdir)
+    iterator = make_train_iterator(config)
+    task = CodecTask(config, eval_audio=eval_clips(config))
+    state, history = train_loop(task, config, workdir, iterator)
+    last = history[-1] if history else {}
+    return {"workdir": workdir, "step": int(jax.device_get(state.step)),
+            "loss": last.get("loss"), "skipped_files": getattr(iterator, "skipped_files", [])}
+
+
+def _audio_paths(path: str) -> list[str]:
+    from audiolm_jax.data.audio_io import AUDIO_EXTENSIONS
+
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UsageError(f"--audio: {path!r} does not exist")
+    found = sorted(os.path.join(root, f) for root, _, files in os.walk(path) for f in files
+                   if f.lower().endswith(AUDIO_EXTENSIONS))
+    if not found:
+        raise UsageError(f"--audio: no audio files under {path!r}")
+    return found
+
+
+def cmd_train_codec(argv):
+    _positional(argv, [])
+    config = FLAGS.config
+    if config is None:
+        raise UsageError("--config is required (e.g. --config=configs/codec/article_cnn.py)")
+    summary = train_codec(config, _require(FLAGS.workdir, "workdir"))
+    print(json.dumps(summary))
+
+
+def cmd_eval_codec(argv):
+    from audiolm_jax.codec.inference import evaluate_files, load_codec
+
+    _positional(argv, [])
+    paths = _audio_paths(_require(FLAGS.audio, "audio"))
+    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    print(json.dumps(evaluate_files(codec, paths)))
+
+
+def _load_input_audio(path: str, sample_rate: int):
+    from audiolm_jax.data.audio_io import load_audio
+
+    if not os.path.exists(path):
+        raise UsageError(f"input file {path!r} does not exist")
+    return load_audio(path, sample_rate)
+
+
+def cmd_encode(argv):
+    import numpy as np
+
+    from audiolm_jax.codec.inference import load_codec
+
+    src, dst = _positional(argv, ["IN.wav", "OUT.npy"])
+    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    codes = codec.encode(_load_input_audio(src, codec.sample_rate))
+    np.save(dst, codes)
+    print(json.dumps({"out": dst, "shape": list(codes.shape), "frame_rate_hz": codec.frame_rate}))
+
+
+def cmd_decode(argv):
+    import numpy as np
+
+    from audiolm_jax.codec.inference import load_codec
+    from audiolm_jax.data.audio_io import save_wav
+
+    src, dst = _positional(argv, ["IN.npy", "OUT.wav"])
+    if not os.path.exists(src):
+        raise UsageError(f"input file {src!r} does not exist")
+    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    audio = codec.decode(np.load(src))
+    save_wav(dst, audio, codec.sample_rate)
+    print(json.dumps({"out": dst, "seconds": len(audio) / codec.sample_rate}))
+
+
+def cmd_reconstruct(argv):
+    from audiolm_jax.codec.inference import load_codec
+    from audiolm_jax.data.audio_io import save_wav
+
+    src, dst = _positional(argv, ["IN.wav", "OUT.wav"])
+    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    audio = _load_input_audio(src, codec.sample_rate)
+    save_wav(dst, codec.reconstruct(audio, FLAGS.num_levels), codec.sample_rate)
+    print(json.dumps({"out": dst, "seconds": len(audio) / codec.sample_rate}))
+
+
+def cmd_quickstart(argv):
+    from audiolm_jax.codec.config import quickstart_config
+    from audiolm_jax.codec.inference import evaluate_files, load_codec
+    from audiolm_jax.data.audio_io import save_wav
+    from audiolm_jax.data.synthetic import write_synthetic_wavs
+
+    _positional(argv, [])
+    workdir = os.path.abspath(_require(FLAGS.workdir, "workdir"))
+    config = quickstart_config()
+    if FLAGS.steps:
+        config.train.num_steps = int(FLAGS.steps)
+    codec_dir = os.path.join(workdir, "codec")
+    print(f"[quickstart] training a {config.quantizer.num_levels}-level codec on the built-in "
+          f"synthetic speech corpus for {config.train.num_steps} steps -> {codec_dir}")
+    train_codec(config, codec_dir)
+    eval_dir = os.path.join(workdir, "eval_audio")
+    paths = write_synthetic_wavs(eval_dir, n=config.data.num_eval,
+                                 sample_rate=config.data.sample_rate, seed=10_000,
+                                 seconds=config.data.eval_seconds)
+    codec = load_codec(codec_dir)
+    report = evaluate_files(codec, paths)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    recon_dir = os.path.join(workdir, "reconstructions")
+    os.makedirs(recon_dir, exist_ok=True)
+    from audiolm_jax.data.audio_io import load_audio
+
+    for path in paths[:2]:
+        audio = load_audio(path, codec.sample_rate)
+        name = os.path.splitext(os.path.basename(path))[0]
+        save_wav(os.path.join(recon_dir, f"{name}_original.wav"), audio, codec.sample_rate)
+        save_wav(os.path.join(recon_dir, f"{name}_reconstruction.wav"),
+                 codec.reconstruct(audio), codec.sample_rate)
+    print(json.dumps(report))
+    print(f"[quickstart] done.\n  codec workdir:   {codec_dir}\n"
+          f"  metrics:         {os.path.join(workdir, 'eval.json')}\n"
+          f"  reconstructions: {recon_dir}\n"
+          f"  samples:         {os.path.join(codec_dir, 'samples')}\n"
+          f"  tensorboard:     tensorboard --logdir {os.path.join(codec_dir, 'tensorboard')}")
+
+
+COMMANDS = {
+    "quickstart": cmd_quickstart,
+    "train-codec": cmd_train_codec,
+    "eval-codec": cmd_eval_codec,
+    "encode": cmd_encode,
+    "decode": cmd_decode,
+    "reconstruct": cmd_reconstruct,
+}
+
+
+def _main(command, argv):
+    from audiolm_jax.config_check import ConfigError
+    from audiolm_jax.data.audio_io import AudioDecodeError
+
+    try:
+        COMMANDS[command](argv[1:])
+    except (UsageError, ConfigError, AudioDecodeError, FileNotFoundError) as e:
+        print(f"audiolm-jax {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    argv = sys.argv
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if len(argv) >= 2 else 2)
+    command = argv[1]
+    if command not in COMMANDS:
+        print(f"audiolm-jax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"{os.path.basename(argv[0])} {command}"] + argv[2:]
+    logging.set_verbosity(logging.WARNING)
+    app.run(lambda a: _main(command, a))
+
+
+if __name__ == "__main__":
+    run()

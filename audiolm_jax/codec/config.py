@@ -1,0 +1,88 @@
+"""The base codec config every ``configs/codec/*.py`` file starts from.
+
+Keys every codec config has (scripts may rely on them): train.num_steps, train.batch_size,
+train.seed, train.checkpoint_every, quantizer.num_levels, quantizer.codebook_size,
+data.source ('synthetic', a folder path, or 'tfds:NAME'), mesh.data, mesh.fsdp, mesh.tensor.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_codec_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "codec"
+    # The article's CNN codec (nanoGPTaudio): 7 stride-2 blocks, 32 channels, 32-d latents.
+    c.model = ml_collections.ConfigDict(dict(
+        kind="cnn", channels=32, latent_dim=32, num_blocks=7, res_blocks=4,
+        double_residual_quirk=False,
+        # SEANet keys (used when kind == 'seanet').
+        n_filters=32, ratios=(8, 5, 4, 2), dimension=128, n_residual_layers=1,
+        dilation_base=2, kernel_size=7, residual_kernel_size=3, last_kernel_size=7,
+        compress=2, causal=True, true_skip=True, weight_norm=True))
+    c.quantizer = ml_collections.ConfigDict(dict(
+        kind="rvq", num_levels=8, num_semantic_levels=0, codebook_size=1024, codebook_dim=0,
+        decay=0.99, epsilon=1e-5, kmeans_iters=50, dead_code_threshold=2.0,
+        dead_code_mode="absolute", dead_code_interval=1, dropout=False, dropout_mode="batch",
+        no_quant_rate=0.0))
+    c.loss = ml_collections.ConfigDict(dict(
+        spectral_weight=1.0, spectral_log=False, mel_weight=0.0, l1_weight=0.0,
+        mse_weight=1.0, commit_weight=0.02, balancer=False, balancer_decay=0.999))
+    c.adversarial = ml_collections.ConfigDict(dict(
+        enabled=False, adv_weight=4.0, feat_weight=4.0, filters=32,
+        n_ffts=(1024, 2048, 512), hop_lengths=(256, 512, 128),
+        learning_rate=3e-4, b1=0.5, b2=0.9, start_step=0))
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=3e-4, end_learning_rate=3e-5, warmup_steps=2000, schedule="cosine",
+        weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic", eval_source="synthetic", sample_rate=16000, crop_length=65536,
+        num_eval=8, eval_seconds=4.0, synthetic_utterances=2048, synthetic_seconds=4.0))
+    c.train = ml_collections.ConfigDict(dict(
+        name="codec", num_steps=100_000, batch_size=128, seed=0, checkpoint_every=1000,
+        log_every=50, sample_every=5000, keep_checkpoints=3, async_checkpoints=True,
+        progress=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c
+
+
+def tiny_cnn_config() -> ml_collections.ConfigDict:
+    """The article's codec shrunk to run in seconds on a CPU (tests, smoke runs)."""
+    c = base_codec_config()
+    c.train.name = "tiny_cnn"
+    c.model.update(kind="cnn", channels=16, latent_dim=16, num_blocks=7, res_blocks=2)
+    c.quantizer.update(num_levels=4, codebook_size=64, kmeans_iters=10)
+    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=10, weight_decay=0.0)
+    c.data.update(crop_length=4096, synthetic_utterances=64, synthetic_seconds=1.0, num_eval=2,
+                  eval_seconds=1.0)
+    c.train.update(num_steps=20, batch_size=8, checkpoint_every=10, log_every=5, sample_every=0)
+    return c
+
+
+def tiny_soundstream_config() -> ml_collections.ConfigDict:
+    """SEANet + adversarial training + balancer at toy size."""
+    c = tiny_cnn_config()
+    c.train.name = "tiny_soundstream"
+    c.model.update(kind="seanet", n_filters=8, ratios=(4, 4, 2), dimension=16,
+                   n_residual_layers=1, causal=True, weight_norm=True)
+    c.quantizer.update(dropout=True, dropout_mode="sample")
+    c.loss.update(spectral_weight=0.0, mel_weight=2.0, l1_weight=0.1, mse_weight=0.0,
+                  commit_weight=1.0, balancer=True)
+    c.adversarial.update(enabled=True, filters=8, n_ffts=(512, 256), hop_lengths=(128, 64))
+    c.data.update(sample_rate=16000, crop_length=4096)
+    return c
+
+
+def quickstart_config() -> ml_collections.ConfigDict:
+    """The README's main job: a small article-style codec on the built-in corpus, CPU minutes."""
+    c = base_codec_config()
+    c.train.name = "quickstart"
+    c.model.update(kind="cnn", channels=32, latent_dim=32, num_blocks=7, res_blocks=3)
+    c.quantizer.update(num_levels=4, codebook_size=256, kmeans_iters=20)
+    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=50, weight_decay=0.0)
+    c.data.update(crop_length=16384, synthetic_utterances=256, synthetic_seconds=2.0, num_eval=4,
+                  eval_seconds=2.0)
+    c.train.update(num_steps=300, batch_size=16, checkpoint_every=100, log_every=10,
+                   sample_every=100)
+    return c

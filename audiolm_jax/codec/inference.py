@@ -1,0 +1,149 @@
+"""A trained codec loaded from its workdir: encode, decode, reconstruct and evaluate files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from audiolm_jax.codec.model import bitrate_bps, build_codec, frame_rate, hop_length
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config: Any, workdir: str) -> str:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir!r} is not a codec workdir: {path} is missing")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+class LoadedCodec:
+    """Inference on one device. Lengths are padded to a bucket so few shapes compile."""
+
+    def __init__(self, config: Any, params: Any, vq_stats: Any, step: int):
+        self.config = config
+        self.model = build_codec(config)
+        self.params, self.vq_stats, self.step = params, vq_stats, step
+        self.sample_rate = int(config.data.sample_rate)
+        self.hop_length = hop_length(config)
+        self.num_levels = int(config.quantizer.num_levels)
+        self.codebook_size = int(config.quantizer.codebook_size)
+        self.frame_rate = frame_rate(config)
+        variables = {"params": params, "vq_stats": vq_stats}
+        self._encode = jax.jit(lambda a: self.model.apply(variables, a, method="encode"))
+        self._decode = jax.jit(lambda c: self.model.apply(variables, c, method="decode"))
+
+    def _bucket(self, length: int) -> int:
+        # Round up to a whole quarter second of frames: one compilation per bucket.
+        quantum = self.hop_length * max(1, math.ceil(self.sample_rate / 4 / self.hop_length))
+        return max(quantum, math.ceil(length / quantum) * quantum)
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """[T] float -> int32 codes [levels, frames], frames = ceil(T / hop)."""
+        audio = np.asarray(audio, np.float32)
+        frames = math.ceil(len(audio) / self.hop_length)
+        padded = np.zeros(self._bucket(len(audio)), np.float32)
+        padded[: len(audio)] = audio
+        codes = np.asarray(self._encode(padded[None]))[0, :frames]  # [frames, L]
+        return codes.T.astype(np.int32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """int codes [levels, frames] -> [frames * hop] float audio."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must have shape [levels, frames], got {codes.shape}")
+        if codes.shape[0] > self.num_levels:
+            raise ValueError(f"codes have {codes.shape[0]} levels; this codec has {self.num_levels}")
+        if codes.min(initial=0) < 0 or codes.max(initial=0) >= self.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+        frames = codes.shape[1]
+        bucket = self._bucket(frames * self.hop_length) // self.hop_length
+        padded = np.zeros((bucket, codes.shape[0]), np.int32)
+        padded[:frames] = codes.T
+        return np.asarray(self._decode(padded[None]))[0, : frames * self.hop_length]
+
+    def reconstruct(self, audio: np.ndarray, num_levels: int | None = None) -> np.ndarray:
+        codes = self.encode(audio)
+        if num_levels:
+            codes = codes[:num_levels]
+        return self.decode(codes)[: len(audio)]
+
+
+def load_codec(workdir: str, step: int | None = None) -> LoadedCodec:
+    from audiolm_jax.codec.task import CodecTask
+    from audiolm_jax.train.checkpoint import Checkpointer
+    from audiolm_jax.train.loop import abstract_state
+    from audiolm_jax.train.mesh import make_mesh
+
+    config = load_config(workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    checkpointer = Checkpointer(ckpt_dir, async_save=False)
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train the codec first")
+    task = CodecTask(config)
+    mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+    with mesh:
+        abstract, _ = abstract_state(task, mesh, jax.random.PRNGKey(0))
+        state = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    return LoadedCodec(config, state.params, state.vq_stats, step)
+
+
+def evaluate_files(codec: LoadedCodec, paths: Iterable[str]) -> dict:
+    """Spectral loss, mel distance, SI-SNR, bitrate and per-level codebook usage/perplexity."""
+    from audiolm_jax.codec import losses, metrics
+    from audiolm_jax.data.audio_io import AudioDecodeError, load_audio
+
+    sr = codec.sample_rate
+    spectral, mel, snr, skipped = [], [], [], []
+    counts = np.zeros((codec.num_levels, codec.codebook_size), np.int64)
+    for path in paths:
+        try:
+            audio = load_audio(path, sr)
+        except AudioDecodeError as e:
+            skipped.append(str(path))
+            from absl import logging
+
+            logging.warning("skipping %s", e)
+            continue
+        codes = codec.encode(audio)
+        recon = codec.decode(codes)[: len(audio)]
+        for level in range(codec.num_levels):
+            counts[level] += np.bincount(codes[level], minlength=codec.codebook_size)
+        x, y = jnp.asarray(audio[None]), jnp.asarray(recon[None])
+        spectral.append(float(losses.multiscale_spectral_loss(x, y)))
+        mel.append(float(losses.multiscale_mel_loss(x, y, sr)))
+        snr.append(float(metrics.si_snr_db(x, y)))
+    if not spectral:
+        raise ValueError(f"no readable audio among the {len(skipped)} files given")
+    probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0), axis=1)
+    return {
+        "spectral_loss": float(np.mean(spectral)),
+        "mel_distance": float(np.mean(mel)),
+        "si_snr_db": float(np.mean(snr)),
+        "bitrate_bps": bitrate_bps(codec.config),
+        "frame_rate_hz": codec.frame_rate,
+        "codebook_usage": [float(u) for u in (counts > 0).mean(axis=1)],
+        "perplexity": [float(p) for p in np.exp(entropy)],
+        "num_files": len(spectral),
+        "skipped_files": skipped,
+        "checkpoint_step": codec.step,
+    }

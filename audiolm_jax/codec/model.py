@@ -1,0 +1,76 @@
+"""A codec: encoder → residual quantizer → decoder, with pure ``encode``/``decode``.
+
+Waveforms are [B, T] float32. ``encode`` pads T up to a whole number of frames and returns
+integer codes [B, frames, levels]; ``decode`` returns frames * hop_length samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from audiolm_jax.codec.networks import make_encoder_decoder
+from audiolm_jax.quantization import make_quantizer
+
+
+def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+
+
+class Codec(nn.Module):
+    model_cfg: ml_collections.FrozenConfigDict
+    quantizer_cfg: ml_collections.FrozenConfigDict
+
+    def setup(self):
+        self.encoder, self.decoder, self.hop_length, self.latent_dim = make_encoder_decoder(
+            self.model_cfg)
+        self.quantizer = make_quantizer(self.quantizer_cfg, self.latent_dim)
+
+    def _pad(self, audio: jnp.ndarray) -> jnp.ndarray:
+        hop = self.hop_length
+        extra = (-audio.shape[-1]) % hop
+        return jnp.pad(audio, ((0, 0), (0, extra))) if extra else audio
+
+    def __call__(self, audio: jnp.ndarray, train: bool = False, n_levels: int | None = None):
+        length = audio.shape[-1]
+        latents = self.encoder(self._pad(audio))
+        q = self.quantizer(latents, train=train, n_levels=n_levels)
+        recon = self.decoder(q["quantized"])[..., :length]
+        return {"recon": recon, "latents": latents, **q}
+
+    def encode(self, audio: jnp.ndarray, n_levels: int | None = None) -> jnp.ndarray:
+        latents = self.encoder(self._pad(audio))
+        return self.quantizer.encode(latents, n_levels=n_levels)
+
+    def decode(self, codes: jnp.ndarray) -> jnp.ndarray:
+        return self.decoder(self.quantizer.decode(codes))
+
+
+def build_codec(config: Any) -> Codec:
+    return Codec(model_cfg=_frozen(config.model), quantizer_cfg=_frozen(config.quantizer))
+
+
+def hop_length(config: Any) -> int:
+    """Samples per codec frame, from the model config alone."""
+    m = config.model
+    if m.kind == "cnn":
+        return 2 ** int(m.get("num_blocks", 7))
+    ratios = m.get("ratios", (8, 5, 4, 2))
+    out = 1
+    for r in ratios:
+        out *= int(r)
+    return out
+
+
+def frame_rate(config: Any) -> float:
+    return config.data.sample_rate / hop_length(config)
+
+
+def bitrate_bps(config: Any, num_levels: int | None = None) -> float:
+    import math
+
+    levels = int(num_levels or config.quantizer.num_levels)
+    return frame_rate(config) * levels * math.log2(int(config.quantizer.codebook_size))

@@ -1,0 +1,220 @@
+"""Codec training as a task for the shared loop: losses, discriminator, balancer, samples.
+
+One compiled step does the generator update (reconstruction losses, commitment loss,
+optionally adversarial + feature-matching losses, optionally balanced) and, when adversarial
+training is on, the discriminator update on the same batch. EMA codebook statistics come back
+from ``apply(..., mutable=['vq_stats'])`` and are stored in the state, never written in place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from audiolm_jax.codec import losses as losses_lib
+from audiolm_jax.codec.model import build_codec
+from audiolm_jax.train.optim import make_optimizer
+
+VQ_RNG = "vq"
+
+
+@struct.dataclass
+class CodecState:
+    step: jnp.ndarray
+    params: Any
+    vq_stats: Any
+    opt_state: Any
+    rng: jnp.ndarray
+    disc_params: Any = None
+    disc_opt_state: Any = None
+    balancer_ema: Any = None
+
+
+def reconstruction_terms(config: Any, audio: jnp.ndarray, recon: jnp.ndarray) -> dict:
+    """Unweighted reconstruction losses whose weight in config.loss is non-zero."""
+    lc = config.loss
+    terms = {}
+    if lc.spectral_weight:
+        terms["spectral"] = losses_lib.multiscale_spectral_loss(audio, recon, log=bool(lc.spectral_log))
+    if lc.mel_weight:
+        terms["mel"] = losses_lib.multiscale_mel_loss(audio, recon, int(config.data.sample_rate))
+    if lc.l1_weight:
+        terms["l1"] = losses_lib.waveform_l1(audio, recon)
+    if lc.mse_weight:
+        terms["mse"] = losses_lib.waveform_mse(audio, recon)
+    return terms
+
+
+class CodecTask:
+    """Everything codec-specific the generic train loop needs."""
+
+    def __init__(self, config: Any, eval_audio: np.ndarray | None = None):
+        self.config = config
+        self.model = build_codec(config)
+        self.optimizer, self.schedule = make_optimizer(config.optim, int(config.train.num_steps))
+        self.adversarial = bool(config.adversarial.enabled)
+        self.eval_audio = eval_audio
+        if self.adversarial:
+            from audiolm_jax.codec.discriminator import MultiScaleSTFTDiscriminator
+
+            a = config.adversarial
+            self.discriminator = MultiScaleSTFTDiscriminator(
+                filters=int(a.filters), n_ffts=tuple(a.n_ffts), hop_lengths=tuple(a.hop_lengths),
+                win_lengths=tuple(a.n_ffts))
+            self.disc_optimizer = optax.adam(float(a.learning_rate), b1=float(a.b1), b2=float(a.b2))
+        self._recon = jax.jit(self._reconstruct)
+
+    # ---------------------------------------------------------------- state
+    def _dummy_audio(self) -> jnp.ndarray:
+        from audiolm_jax.codec.model import hop_length
+
+        length = max(hop_length(self.config) * 8, 4096)
+        return jnp.zeros((1, length), jnp.float32)
+
+    def init_state(self, rng: jax.Array) -> CodecState:
+        k_params, k_vq, k_disc, k_state = jax.random.split(rng, 4)
+        dummy = self._dummy_audio()
+        variables = self.model.init({"params": k_params, VQ_RNG: k_vq}, dummy, train=False)
+        params = variables["params"]
+        state = CodecState(
+            step=jnp.zeros((), jnp.int32), params=params, vq_stats=variables["vq_stats"],
+            opt_state=self.optimizer.init(nn.meta.unbox(params)), rng=k_state)
+        if self.adversarial:
+            disc_params = self.discriminator.init(k_disc, dummy)["params"]
+            state = state.replace(disc_params=disc_params,
+                                  disc_opt_state=self.disc_optimizer.init(disc_params))
+        if self.config.loss.balancer:
+            state = state.replace(balancer_ema={k: jnp.zeros((), jnp.float32)
+                                                for k in self._balanced_names()})
+        return state
+
+    def _balanced_names(self) -> list[str]:
+        names = list(reconstruction_terms(self.config, jnp.zeros((1, 4096)), jnp.zeros((1, 4096))))
+        if self.adversarial:
+            names += ["adv", "feat"]
+        return names
+
+    def prepare_batch(self, host_batch: Any) -> dict:
+        return {"audio": np.asarray(host_batch["audio"], np.float32)}
+
+    # ---------------------------------------------------------------- step
+    def _term_weights(self, step: jnp.ndarray) -> dict:
+        lc, a = self.config.loss, self.config.adversarial
+        w = {"spectral": lc.spectral_weight, "mel": lc.mel_weight, "l1": lc.l1_weight,
+             "mse": lc.mse_weight}
+        w = {k: jnp.float32(v) for k, v in w.items() if v}
+        if self.adversarial:
+            on = (step >= int(a.start_step)).astype(jnp.float32)
+            w["adv"] = on * float(a.adv_weight)
+            w["feat"] = on * float(a.feat_weight)
+        return w
+
+    def _generator_terms(self, disc_params, audio, recon) -> dict:
+        terms = reconstruction_terms(self.config, audio, recon)
+        if self.adversarial:
+            from audiolm_jax.codec import discriminator as d
+
+            real_logits, real_feats = self.discriminator.apply({"params": disc_params}, audio)
+            fake_logits, fake_feats = self.discriminator.apply({"params": disc_params}, recon)
+            real_feats = jax.lax.stop_gradient(real_feats)
+            terms["adv"] = d.hinge_generator_loss(fake_logits)
+            terms["feat"] = d.feature_matching_loss(real_feats, fake_feats)
+        return terms
+
+    def train_step(self, state: CodecState, batch: dict) -> tuple[CodecState, dict]:
+        audio = batch["audio"]
+        rng, k_vq = jax.random.split(state.rng)
+
+        def generator(params):
+            out, mutated = self.model.apply(
+                {"params": params, "vq_stats": state.vq_stats}, audio, train=True,
+                rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
+            return (out["recon"], out["commit_loss"]), (out, mutated["vq_stats"])
+
+        (recon, commit), gen_vjp, (out, new_stats) = jax.vjp(generator, state.params, has_aux=True)
+        terms, terms_vjp = jax.vjp(lambda r: self._generator_terms(state.disc_params, audio, r), recon)
+        weights = self._term_weights(state.step)
+        metrics = {}
+        balancer_ema = state.balancer_ema
+        if self.config.loss.balancer:
+            from audiolm_jax.codec.balancer import balance_gradients
+
+            unit = {k: jnp.zeros_like(v) for k, v in terms.items()}
+            grads = {k: terms_vjp({**unit, k: jnp.ones_like(terms[k])})[0] for k in terms}
+            g_recon, balancer_ema, bal_metrics = balance_gradients(
+                grads, weights, state.balancer_ema, ema_decay=float(self.config.loss.balancer_decay))
+            metrics.update({f"balancer/{k}": v for k, v in bal_metrics.items()})
+        else:
+            g_recon = terms_vjp({k: weights[k].astype(v.dtype) for k, v in terms.items()})[0]
+        commit_w = jnp.asarray(self.config.loss.commit_weight, commit.dtype)
+        (grads,) = gen_vjp((g_recon, commit_w))
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        total = commit_w * commit + sum(weights[k] * v for k, v in terms.items())
+        metrics.update({
+            "loss": total, "commit_loss": commit, "grad_norm": optax.global_norm(grads),
+            "learning_rate": self.schedule(state.step),
+            **{f"loss/{k}": v for k, v in terms.items()},
+        })
+        for name in ("usage", "perplexity", "codes_reset"):
+            if name in out.get("metrics", {}):
+                metrics[f"vq/{name}"] = out["metrics"][name]
+
+        new_state = state.replace(step=state.step + 1, params=params, vq_stats=new_stats,
+                                  opt_state=opt_state, rng=rng, balancer_ema=balancer_ema)
+        if self.adversarial:
+            new_state, d_metrics = self._discriminator_update(new_state, state.disc_params, audio,
+                                                              jax.lax.stop_gradient(recon))
+            metrics.update(d_metrics)
+        return new_state, metrics
+
+    def _discriminator_update(self, state: CodecState, disc_params, audio, recon):
+        from audiolm_jax.codec import discriminator as d
+
+        def d_loss(dp):
+            real_logits, _ = self.discriminator.apply({"params": dp}, audio)
+            fake_logits, _ = self.discriminator.apply({"params": dp}, recon)
+            return d.hinge_discriminator_loss(real_logits, fake_logits)
+
+        loss, grads = jax.value_and_grad(d_loss)(disc_params)
+        on = state.step > int(self.config.adversarial.start_step)
+        updates, opt_state = self.disc_optimizer.update(grads, state.disc_opt_state, disc_params)
+        updates = jax.tree.map(lambda u: jnp.where(on, u, 0.0), updates)
+        return (state.replace(disc_params=optax.apply_updates(disc_params, updates),
+                              disc_opt_state=opt_state),
+                {"disc/loss": loss})
+
+    # ---------------------------------------------------------------- samples
+    def _reconstruct(self, params, vq_stats, audio):
+        return self.model.apply({"params": params, "vq_stats": vq_stats}, audio, train=False)["recon"]
+
+    def reconstruct(self, state: CodecState, audio: np.ndarray) -> np.ndarray:
+        return np.asarray(self._recon(state.params, state.vq_stats, jnp.asarray(audio, jnp.float32)))
+
+    def write_samples(self, state: CodecState, step: int, workdir: str, writer) -> None:
+        """Reconstruction WAVs and spectrogram PNGs of the held-out clips (process 0 only)."""
+        if self.eval_audio is None or jax.process_index() != 0:
+            return
+        from audiolm_jax.data.audio_io import save_wav
+        from audiolm_jax.train.writers import save_spectrogram_png
+
+        sr = int(self.config.data.sample_rate)
+        clips = self.eval_audio[:2]
+        recon = self.reconstruct(state, clips)
+        outdir = os.path.join(workdir, "samples", f"step_{step:07d}")
+        os.makedirs(outdir, exist_ok=True)
+        for i, (orig, rec) in enumerate(zip(clips, recon)):
+            save_wav(os.path.join(outdir, f"clip{i}_original.wav"), orig, sr)
+            save_wav(os.path.join(outdir, f"clip{i}_reconstruction.wav"), rec, sr)
+            png = save_spectrogram_png(os.path.join(outdir, f"clip{i}_spectrogram.png"),
+                                       {"original": orig, "reconstruction": rec}, sr)
+            writer.audio(step, f"samples/clip{i}_reconstruction", rec, sr)
+            writer.image(step, f"samples/clip{i}_spectrogram", png)

@@ -1,0 +1,151 @@
+"""The one training loop that codec and language-model training share.
+
+A *task* supplies what differs: ``init_state(rng)`` (pure; weights may carry logical-axis
+boxes), ``train_step(state, batch) -> (state, metrics)`` (pure), ``prepare_batch(host_batch)``
+and optionally ``write_samples(state, step, workdir, writer)``. The loop owns the mesh,
+shardings, compilation, checkpoints, metrics, progress bar and the NaN guard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from audiolm_jax.train import mesh as mesh_lib
+from audiolm_jax.train.checkpoint import Checkpointer
+from audiolm_jax.train.writers import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss becomes NaN or Inf; no checkpoint is written for that state."""
+
+
+class Task(Protocol):
+    def init_state(self, rng: jax.Array) -> Any: ...
+    def train_step(self, state: Any, batch: Any) -> tuple[Any, dict]: ...
+    def prepare_batch(self, host_batch: Any) -> Any: ...
+
+
+def abstract_state(task: Task, mesh, rng) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs carrying NamedShardings, shardings) of the task's state."""
+    boxed = jax.eval_shape(task.init_state, rng)
+    shardings = mesh_lib.tree_shardings(mesh, boxed)
+    plain = nn.meta.unbox(boxed)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings)
+    return abstract, shardings
+
+
+def compile_step(task: Task, state_shardings, mesh) -> Callable:
+    batch_sh = mesh_lib.batch_sharding(mesh, 1)
+    return jax.jit(
+        task.train_step,
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=(0,))
+
+
+def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = None,
+                  data_iterator: Any | None = None) -> tuple[Any, Any, int | None]:
+    """Restores the latest checkpoint if there is one, else initialises. Returns
+    (state, shardings, restored_step)."""
+    abstract, shardings = abstract_state(task, mesh, rng)
+    latest = checkpointer.latest_step() if checkpointer else None
+    if latest is not None:
+        state = checkpointer.restore(latest, abstract, data_iterator)
+        return state, shardings, latest
+    init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
+    return init(rng), shardings, None
+
+
+def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
+    loss = metrics.get("loss")
+    if loss is not None and not np.all(np.isfinite(loss)):
+        where = (f"the last good checkpoint (step {last_saved}) is intact"
+                 if last_saved is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"loss became {float(np.asarray(loss))} at step {step}; stopping. {where}. "
+            "Lower train.learning_rate or check the data.")
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    """Flattens metrics to scalars: per-level arrays become name/level_i."""
+    out = {}
+    for name, value in metrics.items():
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            out[name] = float(arr)
+        else:
+            for i, v in enumerate(arr.reshape(-1)):
+                out[f"{name}/{i}"] = float(v)
+    return out
+
+
+def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
+               writer: MetricWriter | None = None) -> tuple[Any, list[dict]]:
+    """Runs ``config.train.num_steps`` steps (resuming if checkpoints exist).
+
+    Returns the final state and the per-step host metrics of this invocation.
+    """
+    tcfg = config.train
+    num_steps = int(tcfg.num_steps)
+    log_every = max(int(tcfg.get("log_every", 10)), 1)
+    ckpt_every = max(int(tcfg.checkpoint_every), 1)
+    sample_every = int(tcfg.get("sample_every", 0) or 0)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    writer = writer or MetricWriter(os.path.join(workdir, "tensorboard"))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=int(tcfg.get("keep_checkpoints", 3)),
+                                async_save=bool(tcfg.get("async_checkpoints", True)))
+    history: list[dict] = []
+    rng = jax.random.PRNGKey(int(tcfg.seed))
+    with mesh, nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+        state, shardings, restored = initial_state(task, mesh, rng, checkpointer, data_iterator)
+        step = int(jax.device_get(state.step))
+        if restored is not None:
+            logging.info("resumed from checkpoint at step %d", restored)
+        last_saved = restored
+        step_fn = compile_step(task, shardings, mesh)
+        batch_sh = mesh_lib.batch_sharding(mesh, 1)
+        pending: list[tuple[int, Any]] = []
+        bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
+                   disable=jax.process_index() != 0 or not tcfg.get("progress", True),
+                   desc=tcfg.get("name", "train"))
+        start = time.time()
+        try:
+            while step < num_steps:
+                batch = mesh_lib.global_batch(task.prepare_batch(next(data_iterator)), batch_sh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                must_save = step % ckpt_every == 0 or step == num_steps
+                if step % log_every == 0 or must_save or (sample_every and step % sample_every == 0):
+                    for s, m in jax.device_get(pending):
+                        _check_finite(s, m, last_saved)
+                        scalars = _scalars(m)
+                        history.append({"step": s, **scalars})
+                        writer.scalars(s, scalars)
+                    pending.clear()
+                    latest = history[-1]
+                    bar.set_postfix(loss=f"{latest.get('loss', math.nan):.4g}")
+                if must_save:
+                    checkpointer.save(step, state, data_iterator)
+                    last_saved = step
+                if sample_every and step % sample_every == 0 and hasattr(task, "write_samples"):
+                    task.write_samples(state, step, workdir, writer)
+                bar.update(1)
+        finally:
+            bar.close()
+            checkpointer.close()
+            writer.flush()
+        elapsed = time.time() - start
+        logging.info("trained to step %d in %.1fs", step, elapsed)
+    return state, history

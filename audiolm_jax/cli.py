@@ -75,7 +75,7 @@ def train_codec(config, workdir: str) -> dict:
     state, history = train_loop(task, config, workdir, iterator)
     last = history[-1] if history else {}
     return {"workdir": workdir, "step": int(jax.device_get(state.step)),
-            "loss": last.get("loss"), "skipped_files": getattr(iterator, "skipped_files", [])}
+            "loss": last.get("loss"), "skipped": iterator.skipped.as_dict()}
 
 
 def _audio_paths(path: str) -> list[str]:
@@ -110,12 +110,16 @@ def cmd_eval_codec(argv):
     print(json.dumps(evaluate_files(codec, paths)))
 
 
+def _require_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UsageError(f"input file {path!r} does not exist")
+    return path
+
+
 def _load_input_audio(path: str, sample_rate: int):
     from audiolm_jax.data.audio_io import load_audio
 
-    if not os.path.exists(path):
-        raise UsageError(f"input file {path!r} does not exist")
-    return load_audio(path, sample_rate)
+    return load_audio(_require_file(path), sample_rate)
 
 
 def cmd_encode(argv):
@@ -124,6 +128,7 @@ def cmd_encode(argv):
     from audiolm_jax.codec.inference import load_codec
 
     src, dst = _positional(argv, ["IN.wav", "OUT.npy"])
+    _require_file(src)
     codec = load_codec(_require(FLAGS.workdir, "workdir"))
     codes = codec.encode(_load_input_audio(src, codec.sample_rate))
     np.save(dst, codes)
@@ -137,8 +142,7 @@ def cmd_decode(argv):
     from audiolm_jax.data.audio_io import save_wav
 
     src, dst = _positional(argv, ["IN.npy", "OUT.wav"])
-    if not os.path.exists(src):
-        raise UsageError(f"input file {src!r} does not exist")
+    _require_file(src)
     codec = load_codec(_require(FLAGS.workdir, "workdir"))
     audio = codec.decode(np.load(src))
     save_wav(dst, audio, codec.sample_rate)
@@ -150,6 +154,7 @@ def cmd_reconstruct(argv):
     from audiolm_jax.data.audio_io import save_wav
 
     src, dst = _positional(argv, ["IN.wav", "OUT.wav"])
+    _require_file(src)
     codec = load_codec(_require(FLAGS.workdir, "workdir"))
     audio = _load_input_audio(src, codec.sample_rate)
     save_wav(dst, codec.reconstruct(audio, FLAGS.num_levels), codec.sample_rate)

@@ -39,7 +39,7 @@ def _run(config, devices, batches):
                               devices)
     task = CodecTask(config)
     losses = []
-    with mesh, nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
         state, shardings, _ = initial_state(task, mesh, jax.random.PRNGKey(0))
         step = compile_step(task, shardings, mesh)
         for b in batches:

@@ -99,7 +99,7 @@ def load_codec(workdir: str, step: int | None = None) -> LoadedCodec:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train the codec first")
     task = CodecTask(config)
     mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-    with mesh:
+    with jax.set_mesh(mesh):
         abstract, _ = abstract_state(task, mesh, jax.random.PRNGKey(0))
         state = checkpointer.restore(step, abstract)
     checkpointer.close()

@@ -107,7 +107,7 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
                                 async_save=bool(tcfg.get("async_checkpoints", True)))
     history: list[dict] = []
     rng = jax.random.PRNGKey(int(tcfg.seed))
-    with mesh, nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
         state, shardings, restored = initial_state(task, mesh, rng, checkpointer, data_iterator)
         step = int(jax.device_get(state.step))
         if restored is not None:

@@ -86,7 +86,7 @@ def _loop_config(steps):
     c = tiny_cnn_config()
     c.train.update(num_steps=steps, checkpoint_every=3, log_every=1, async_checkpoints=False,
                    progress=False)
-    c.mesh.update(data=2, fsdp=1, tensor=1)
+    c.mesh.update(data=-1, fsdp=1, tensor=1)
     return c
 
 

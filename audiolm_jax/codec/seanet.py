@@ -1,0 +1,165 @@
+"""SEANet encoder / decoder (SoundStream, EnCodec, Mimi), channels-last.
+
+Structure follows EnCodec's ``SEANetEncoder`` / ``SEANetDecoder`` (without the optional LSTM):
+
+Encoder: Conv(k=kernel_size, n_filters) → for each ratio in ``reversed(ratios)``:
+[``n_residual_layers`` × ResnetBlock(dilations dilation_base**j) → ELU →
+Conv(k=2*ratio, stride=ratio, channels × 2)] → ELU → Conv(k=last_kernel_size, dimension).
+
+Decoder: Conv(k=kernel_size, n_filters * 2**len(ratios)) → for each ratio in ``ratios``:
+[ELU → ConvTranspose(k=2*ratio, stride=ratio, channels / 2) → ``n_residual_layers`` ×
+ResnetBlock] → ELU → Conv(k=last_kernel_size, channels) → optional final activation.
+
+ResnetBlock(dim): [ELU → Conv(k=residual_kernel_size, dilation d, dim // compress) → ELU →
+Conv(k=1, dim)] + shortcut (identity when ``true_skip`` else a k=1 conv).
+
+Defaults: ``causal=True`` with ``pad_mode='constant'`` (zero left padding, strictly causal and
+streamable, as Mimi). EnCodec used ``pad_mode='reflect'``, which makes the first frame peek a
+few samples ahead; it is available as an option. ``true_skip=True`` (audiocraft / Mimi default;
+the original EnCodec repo used False).
+
+Shapes: encoder ``[B, T]`` → ``[B, ceil(T / hop), dimension]`` (exactly T / hop when T is a
+multiple of hop = prod(ratios)); decoder ``[B, frames, dimension]`` → ``[B, frames * hop]``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audiolm_jax.layers.conv import Conv1d, ConvTranspose1d
+
+Array = jax.Array
+
+
+def _activation(name: str | None):
+    if name is None or name == "none":
+        return lambda x: x
+    if name == "elu":
+        return nn.elu
+    if name == "tanh":
+        return jnp.tanh
+    if name == "relu":
+        return nn.relu
+    if name == "gelu":
+        return nn.gelu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class SEANetResnetBlock(nn.Module):
+    dim: int
+    kernel_sizes: Sequence[int] = (3, 1)
+    dilations: Sequence[int] = (1, 1)
+    compress: int = 2
+    true_skip: bool = True
+    causal: bool = True
+    pad_mode: str = "constant"
+    weight_norm: bool = True
+    activation: str = "elu"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = _activation(self.activation)
+        hidden = self.dim // self.compress
+        padding = "causal" if self.causal else "same"
+        h = x
+        n = len(self.kernel_sizes)
+        for i, (k, d) in enumerate(zip(self.kernel_sizes, self.dilations)):
+            out = self.dim if i == n - 1 else hidden
+            h = act(h)
+            h = Conv1d(out, k, dilation=d, padding=padding, pad_mode=self.pad_mode,
+                       weight_norm=self.weight_norm, name=f"conv_{i}")(h)
+        if self.true_skip:
+            skip = x
+        else:
+            skip = Conv1d(self.dim, 1, padding=padding, pad_mode=self.pad_mode,
+                          weight_norm=self.weight_norm, name="shortcut")(x)
+        return skip + h
+
+
+class _SEANetBase(nn.Module):
+    channels: int = 1
+    dimension: int = 128
+    n_filters: int = 32
+    n_residual_layers: int = 1
+    ratios: Sequence[int] = (8, 5, 4, 2)
+    activation: str = "elu"
+    weight_norm: bool = True
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    dilation_base: int = 2
+    causal: bool = True
+    pad_mode: str = "constant"
+    true_skip: bool = True
+    compress: int = 2
+
+    @property
+    def hop_length(self) -> int:
+        h = 1
+        for r in self.ratios:
+            h *= int(r)
+        return h
+
+    def _conv(self, features, kernel, stride=1, name=None):
+        return Conv1d(features, kernel, stride=stride,
+                      padding="causal" if self.causal else "same", pad_mode=self.pad_mode,
+                      weight_norm=self.weight_norm, name=name)
+
+    def _res(self, dim, j, name):
+        return SEANetResnetBlock(dim, kernel_sizes=(self.residual_kernel_size, 1),
+                                 dilations=(self.dilation_base ** j, 1), compress=self.compress,
+                                 true_skip=self.true_skip, causal=self.causal,
+                                 pad_mode=self.pad_mode, weight_norm=self.weight_norm,
+                                 activation=self.activation, name=name)
+
+
+class SEANetEncoder(_SEANetBase):
+    """``[B, T]`` (or ``[B, T, channels]``) → ``[B, frames, dimension]``."""
+
+    @nn.compact
+    def __call__(self, audio: Array) -> Array:
+        act = _activation(self.activation)
+        x = audio[..., None] if audio.ndim == 2 else audio
+        mult = 1
+        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(x)
+        for i, ratio in enumerate(reversed(tuple(self.ratios))):
+            ratio = int(ratio)
+            for j in range(self.n_residual_layers):
+                x = self._res(mult * self.n_filters, j, name=f"block_{i}_res_{j}")(x)
+            x = act(x)
+            x = self._conv(mult * self.n_filters * 2, 2 * ratio, stride=ratio,
+                           name=f"block_{i}_down")(x)
+            mult *= 2
+        x = act(x)
+        return self._conv(self.dimension, self.last_kernel_size, name="conv_out")(x)
+
+
+class SEANetDecoder(_SEANetBase):
+    """``[B, frames, dimension]`` → ``[B, frames * hop]`` (``channels == 1``) or
+    ``[B, frames * hop, channels]``."""
+
+    final_activation: str | None = None
+    trim_right_ratio: float = 1.0
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        act = _activation(self.activation)
+        mult = 2 ** len(self.ratios)
+        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(z)
+        for i, ratio in enumerate(self.ratios):
+            ratio = int(ratio)
+            x = act(x)
+            x = ConvTranspose1d(mult * self.n_filters // 2, 2 * ratio, stride=ratio,
+                                causal=self.causal, trim_right_ratio=self.trim_right_ratio,
+                                weight_norm=self.weight_norm, name=f"block_{i}_up")(x)
+            for j in range(self.n_residual_layers):
+                x = self._res(mult * self.n_filters // 2, j, name=f"block_{i}_res_{j}")(x)
+            mult //= 2
+        x = act(x)
+        x = self._conv(self.channels, self.last_kernel_size, name="conv_out")(x)
+        x = _activation(self.final_activation)(x)
+        return x[..., 0] if self.channels == 1 else x

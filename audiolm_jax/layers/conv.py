@@ -1,0 +1,254 @@
+"""1-D / 2-D convolutions for audio codecs, channels-last ([B, T, C] / [B, H, W, C]).
+
+* ``Conv1d`` / ``CausalConv1d``: padding ``'causal'`` (EnCodec ``SConv1d`` style: all of
+  ``effective_kernel - stride`` on the left plus the extra right padding that makes the last
+  partial frame count), ``'same'`` (the same total split in two, EnCodec non-causal style),
+  ``'reflect'`` (``'same'`` with reflect padding), ``'valid'``, an int (symmetric, torch
+  ``padding=p``) or a ``(left, right)`` pair.
+* ``ConvTranspose1d``: full transposed convolution then a trim of ``kernel - stride`` samples
+  (all from the right when causal, split when not) or, with ``padding=p``, ``p`` from each side
+  (torch ``ConvTranspose1d(padding=p)``). Supports ``groups`` (``groups == channels`` gives the
+  channel-wise upsampling used by Mimi).
+* ``Conv2d``: explicit padding / stride / dilation, for the STFT discriminator.
+
+Weight norm (``weight_norm=True``) is implemented here: parameters ``v`` (kernel-shaped) and
+``g`` (one per output channel), ``kernel = g * v / ||v||`` with the norm over every axis except
+the output-channel (last) axis. ``g`` is initialised to ``||v||`` so the initial kernel is ``v``.
+Without weight norm the parameter is called ``kernel``. Biases are called ``bias``.
+
+Kernel layouts (for porting torch weights):
+* Conv1d: ``[K, C_in // groups, C_out]`` = torch ``weight.transpose(2, 1, 0)``.
+* ConvTranspose1d: ``[K, C_in // groups, C_out]`` with
+  ``y[t * stride + j, o] += x[t, i] * kernel[j, i_local, o]``; from torch's
+  ``weight[C_in, C_out // groups, K]``:
+  ``kernel[j, i_local, g * (C_out//groups) + o_local] = weight[g * (C_in//groups) + i_local, o_local, j]``.
+* Conv2d: ``[KH, KW, C_in, C_out]`` = torch ``weight.transpose(2, 3, 1, 0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# torch's default Conv init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _norm_except_last(v: Array) -> Array:
+    axes = tuple(range(v.ndim - 1))
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
+
+
+def make_kernel(module: nn.Module, shape: Sequence[int], weight_norm: bool,
+                kernel_init: Initializer = default_kernel_init,
+                param_dtype: Any = jnp.float32) -> Array:
+    """Create (inside a compact ``__call__``) a plain or weight-normalised kernel."""
+    shape = tuple(int(s) for s in shape)
+    if not weight_norm:
+        return module.param("kernel", kernel_init, shape, param_dtype)
+    v = module.param("v", kernel_init, shape, param_dtype)
+    g = module.param("g", lambda _rng, v0: _norm_except_last(v0), v)
+    return weight_norm_kernel(v, g)
+
+
+def weight_norm_kernel(v: Array, g: Array) -> Array:
+    """``g * v / ||v||``, norm over all axes but the last (output-channel) one."""
+    norm = _norm_except_last(v)
+    return v * (g / jnp.maximum(norm, 1e-12))
+
+
+def get_extra_padding_for_conv1d(length: int, kernel_size: int, stride: int,
+                                 padding_total: int = 0) -> int:
+    """Right padding so that the last (partial) frame is fully covered (EnCodec)."""
+    n_frames = (length - kernel_size + padding_total) / stride + 1
+    ideal_length = (math.ceil(n_frames) - 1) * stride + (kernel_size - padding_total)
+    return max(0, ideal_length - length)
+
+
+def pad1d(x: Array, left: int, right: int, mode: str = "constant") -> Array:
+    """Pad the time axis (axis 1) of ``[B, T, C]``. ``mode``: constant | reflect | replicate.
+
+    ``reflect`` also works when T is shorter than the padding (zero-extends first, as EnCodec).
+    """
+    left, right = int(left), int(right)
+    if left == 0 and right == 0:
+        return x
+    widths = ((0, 0), (left, right), (0, 0))
+    if mode == "constant":
+        return jnp.pad(x, widths)
+    if mode == "replicate":
+        return jnp.pad(x, widths, mode="edge")
+    if mode == "reflect":
+        length = x.shape[1]
+        max_pad = max(left, right)
+        extra = 0
+        if length <= max_pad:
+            extra = max_pad - length + 1
+            x = jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
+        out = jnp.pad(x, widths, mode="reflect")
+        if extra:
+            out = out[:, : out.shape[1] - extra]
+        return out
+    raise ValueError(f"unknown pad mode {mode!r}")
+
+
+def conv1d_padding(length: int, kernel_size: int, stride: int, dilation: int,
+                   padding: Any) -> tuple[int, int]:
+    """(left, right) padding for ``Conv1d``'s padding spec."""
+    eff = (kernel_size - 1) * dilation + 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        total = eff - stride
+        extra = get_extra_padding_for_conv1d(length, eff, stride, total)
+        if padding == "causal":
+            return total, extra
+        if padding in ("same", "reflect"):
+            right = total // 2
+            return total - right, right + extra
+        raise ValueError(f"unknown padding {padding!r}")
+    if isinstance(padding, int):
+        return padding, padding
+    left, right = padding
+    return int(left), int(right)
+
+
+class Conv1d(nn.Module):
+    """1-D convolution on ``[B, T, C_in]`` → ``[B, T', features]``.
+
+    With ``padding`` 'causal' / 'same' / 'reflect' and T a multiple of ``stride``, T' = T / stride.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    padding: Any = "same"  # 'causal' | 'same' | 'reflect' | 'valid' | int | (left, right)
+    pad_mode: str = "constant"  # 'constant' | 'reflect' | 'replicate' ('reflect' padding forces reflect)
+    weight_norm: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_ch = x.shape[-1]
+        if in_ch % self.groups or self.features % self.groups:
+            raise ValueError("channels must be divisible by groups")
+        left, right = conv1d_padding(x.shape[1], self.kernel_size, self.stride, self.dilation,
+                                     self.padding)
+        mode = "reflect" if self.padding == "reflect" else self.pad_mode
+        x = pad1d(x, left, right, mode)
+        kernel = make_kernel(self, (self.kernel_size, in_ch // self.groups, self.features),
+                             self.weight_norm, self.kernel_init)
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), window_strides=(self.stride,), padding=[(0, 0)],
+            rhs_dilation=(self.dilation,), feature_group_count=self.groups,
+            dimension_numbers=("NWC", "WIO", "NWC"))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+class CausalConv1d(Conv1d):
+    """``Conv1d`` with EnCodec-style causal padding by default."""
+
+    padding: Any = "causal"
+
+
+class ConvTranspose1d(nn.Module):
+    """Transposed 1-D convolution ``[B, T, C_in]`` → ``[B, T * stride, features]``.
+
+    Output before trimming has ``(T - 1) * stride + kernel_size`` samples. Trimming:
+    ``padding=p`` (int): ``p`` from each side (torch semantics); otherwise
+    ``kernel_size - stride`` in total, ``causal``: ``ceil(total * trim_right_ratio)`` from the
+    right and the rest from the left (ratio 1 → all on the right); non-causal: split in two
+    (right gets the floor half).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    groups: int = 1
+    causal: bool = True
+    trim_right_ratio: float = 1.0
+    padding: int | None = None
+    weight_norm: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_ch = x.shape[-1]
+        k, s = self.kernel_size, self.stride
+        if in_ch % self.groups or self.features % self.groups:
+            raise ValueError("channels must be divisible by groups")
+        kernel = make_kernel(self, (k, in_ch // self.groups, self.features), self.weight_norm,
+                             self.kernel_init)
+        # Transposed conv == conv of the stride-dilated input with the flipped kernel.
+        y = jax.lax.conv_general_dilated(
+            x, kernel[::-1].astype(x.dtype), window_strides=(1,), padding=[(k - 1, k - 1)],
+            lhs_dilation=(s,), feature_group_count=self.groups,
+            dimension_numbers=("NWC", "WIO", "NWC"))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(y.dtype)
+        if self.padding is not None:
+            left = right = int(self.padding)
+        else:
+            total = k - s
+            if self.causal:
+                right = int(math.ceil(total * self.trim_right_ratio))
+            else:
+                right = total // 2
+            left = total - right
+        end = y.shape[1] - right
+        return y[:, left:end]
+
+
+def get_2d_padding(kernel_size: Sequence[int], dilation: Sequence[int] = (1, 1)):
+    """'same'-style symmetric padding for an odd 2-D kernel (EnCodec ``get_2d_padding``)."""
+    return tuple(((k - 1) * d // 2, (k - 1) * d // 2) for k, d in zip(kernel_size, dilation))
+
+
+class Conv2d(nn.Module):
+    """2-D convolution on ``[B, H, W, C_in]`` with explicit padding, optional weight norm."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: Any = None  # ((top, bottom), (left, right)); None → get_2d_padding
+    weight_norm: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = self.kernel_size
+        pad = self.padding if self.padding is not None else get_2d_padding(self.kernel_size,
+                                                                            self.dilation)
+        kernel = make_kernel(self, (kh, kw, x.shape[-1], self.features), self.weight_norm,
+                             self.kernel_init)
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), window_strides=tuple(self.strides),
+            padding=[tuple(p) for p in pad], rhs_dilation=tuple(self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params)))

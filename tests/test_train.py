@@ -9,7 +9,8 @@ import pytest
 from audiolm_jax.codec.config import tiny_cnn_config, tiny_soundstream_config
 from audiolm_jax.codec.task import CodecTask
 from audiolm_jax.train import mesh as mesh_lib
-from audiolm_jax.train.loop import NonFiniteLossError, compile_step, initial_state, train_loop
+from audiolm_jax.train.loop import (NonFiniteLossError, compile_init_step, compile_step,
+                                    initial_state, train_loop)
 
 
 def test_resolve_mesh_shape():
@@ -42,8 +43,12 @@ def _run(config, devices, batches):
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
         state, shardings, _ = initial_state(task, mesh, jax.random.PRNGKey(0))
         step = compile_step(task, shardings, mesh)
-        for b in batches:
-            state, metrics = step(state, mesh_lib.global_batch(b, mesh_lib.batch_sharding(mesh, 1)))
+        first = compile_init_step(task, shardings, mesh)
+        for i, b in enumerate(batches):
+            b = mesh_lib.global_batch(b, mesh_lib.batch_sharding(mesh, 1))
+            if i == 0:
+                state = first(state, b)
+            state, metrics = step(state, b)
             losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses
 
@@ -64,13 +69,20 @@ def test_sharded_step_equals_unsharded(make_config):
                                    rtol=2e-3, atol=2e-4)
 
 
-class ListIterator:
-    """A minimal resumable iterator standing in for the grain pipeline."""
+class Preempted(Exception):
+    pass
 
-    def __init__(self, batches):
-        self.batches, self.pos = batches, 0
+
+class ListIterator:
+    """A minimal resumable iterator standing in for the grain pipeline; ``kill_at`` simulates
+    the job being killed when that batch is requested."""
+
+    def __init__(self, batches, kill_at=None):
+        self.batches, self.pos, self.kill_at = batches, 0, kill_at
 
     def __next__(self):
+        if self.pos == self.kill_at:
+            raise Preempted(f"killed before batch {self.pos}")
         b = self.batches[self.pos]
         self.pos += 1
         return b
@@ -94,15 +106,15 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     batches = _batches(8, 8, 4096, seed=1)
     c = _loop_config(8)
     _, full = train_loop(CodecTask(c), c, str(tmp_path / "a"), ListIterator(batches))
-    # Interrupted run: stop after 6 steps (checkpoint at 6), restart to 8.
-    c6 = _loop_config(6)
-    _, first = train_loop(CodecTask(c6), c6, str(tmp_path / "b"), ListIterator(batches))
+    # Interrupted run: killed while fetching batch 7 (checkpoints at 3 and 6), then restarted.
+    with pytest.raises(Preempted):
+        train_loop(CodecTask(c), c, str(tmp_path / "b"), ListIterator(batches, kill_at=7))
     it = ListIterator(batches)
     _, second = train_loop(CodecTask(c), c, str(tmp_path / "b"), it)
     assert [h["step"] for h in second] == [7, 8]
     assert it.pos == 8  # the iterator resumed at batch 6: nothing skipped or repeated
-    resumed = [h["loss"] for h in first + second]
-    np.testing.assert_allclose(resumed, [h["loss"] for h in full], rtol=1e-6)
+    full_losses = [h["loss"] for h in full]
+    np.testing.assert_array_equal([h["loss"] for h in second], full_losses[6:])
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):

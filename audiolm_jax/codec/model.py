@@ -34,10 +34,11 @@ class Codec(nn.Module):
         extra = (-audio.shape[-1]) % hop
         return jnp.pad(audio, ((0, 0), (0, extra))) if extra else audio
 
-    def __call__(self, audio: jnp.ndarray, train: bool = False, n_levels: int | None = None):
+    def __call__(self, audio: jnp.ndarray, train: bool = False, n_levels: int | None = None,
+                 init_codebooks: bool | None = None):
         length = audio.shape[-1]
         latents = self.encoder(self._pad(audio))
-        q = self.quantizer(latents, train=train, n_levels=n_levels)
+        q = self.quantizer(latents, train=train, n_levels=n_levels, init_codebooks=init_codebooks)
         recon = self.decoder(q["quantized"])[..., :length]
         return {"recon": recon, "latents": latents, **q}
 

@@ -128,6 +128,14 @@ class CodecTask:
             terms["feat"] = d.feature_matching_loss(real_feats, fake_feats)
         return terms
 
+    def init_step(self, state: CodecState, batch: dict) -> CodecState:
+        """k-means codebook init on the first batch (all devices' vectors), before step 1."""
+        _, mutated = self.model.apply(
+            {"params": state.params, "vq_stats": state.vq_stats}, batch["audio"], train=True,
+            init_codebooks=True, rngs={VQ_RNG: jax.random.fold_in(state.rng, 1)},
+            mutable=["vq_stats"])
+        return state.replace(vq_stats=mutated["vq_stats"])
+
     def train_step(self, state: CodecState, batch: dict) -> tuple[CodecState, dict]:
         audio = batch["audio"]
         rng, k_vq = jax.random.split(state.rng)
@@ -135,7 +143,7 @@ class CodecTask:
         def generator(params):
             out, mutated = self.model.apply(
                 {"params": params, "vq_stats": state.vq_stats}, audio, train=True,
-                rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
+                init_codebooks=False, rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
             return (out["recon"], out["commit_loss"]), (out, mutated["vq_stats"])
 
         (recon, commit), gen_vjp, (out, new_stats) = jax.vjp(generator, state.params, has_aux=True)

@@ -118,7 +118,8 @@ class ResidualVQ(nn.Module):
         return jnp.stack([vq.get_codebook() for vq in self.levels])
 
     def __call__(self, x: Array, train: bool = False, n_levels: Optional[int] = None,
-                 mask: Optional[Array] = None) -> Dict[str, Any]:
+                 mask: Optional[Array] = None,
+                 init_codebooks: Optional[bool] = None) -> Dict[str, Any]:
         """Quantizes x [B, T, dim].
 
         Args:
@@ -127,6 +128,9 @@ class ResidualVQ(nn.Module):
             and rng ``'vq'``); enables dropout / bypass and straight-through.
           n_levels: static number of levels to use (overrides random dropout).
           mask: optional bool [B, T] of valid (non-padding) frames.
+          init_codebooks: None: each level runs k-means once, under a cond; True: run
+            k-means on this batch now, every level, with dropout and bypass off (a trainer's
+            first-batch init step); False: never run k-means (the trainer's hot step).
         Returns:
           dict:
             ``quantized`` [B, T, dim] (x.dtype);
@@ -143,11 +147,14 @@ class ResidualVQ(nn.Module):
         L = self.num_levels
         n_static = self._check_n(n_levels)
         updating = train and not self.is_initializing()
+        if init_codebooks:
+            n_levels, n_static = None, L  # every level initialises; no dropout
         z = self._in(x)
 
         # One uniform draw serves both dropout (row 0) and bypass (row 1).
         u = None
-        if updating and ((self.dropout and n_levels is None) or self.no_quant_rate > 0):
+        if updating and not init_codebooks and (
+                (self.dropout and n_levels is None) or self.no_quant_rate > 0):
             u = jax.random.uniform(self.make_rng("vq"), (2, B))
 
         # active[b, l]: level l is used for sample b.
@@ -172,7 +179,7 @@ class ResidualVQ(nn.Module):
                     per_level[k].append(jnp.zeros((), jnp.float32))
                 continue
             m = jnp.logical_and(frames, active[:, l][:, None])
-            out = vq(residual, train=train, mask=m)
+            out = vq(residual, train=train, mask=m, init_codebooks=init_codebooks)
             # Detached: later levels and their commit losses never backprop
             # through this level's quantized value (audiocraft fix, issue #25).
             q_l = jax.lax.stop_gradient(out["quantized"].astype(jnp.float32))
@@ -282,16 +289,19 @@ class SplitResidualVQ(nn.Module):
         return n_sem, n - n_sem
 
     def __call__(self, x: Array, train: bool = False, n_levels: Optional[int] = None,
-                 mask: Optional[Array] = None) -> Dict[str, Any]:
+                 mask: Optional[Array] = None,
+                 init_codebooks: Optional[bool] = None) -> Dict[str, Any]:
         """Same contract as :meth:`ResidualVQ.__call__` (levels semantic-first),
         plus ``semantic_quantized`` [B, T, dim]: the semantic branch output
         (e.g. for distillation against a self-supervised teacher)."""
         n_sem, n_ac = self._split_n(n_levels)
         parts = []
         if self.num_semantic_levels > 0:
-            parts.append(self.semantic(x, train=train, n_levels=n_sem, mask=mask))
+            parts.append(self.semantic(x, train=train, n_levels=n_sem, mask=mask,
+                                       init_codebooks=init_codebooks))
         if self.num_acoustic_levels > 0:
-            parts.append(self.acoustic(x, train=train, n_levels=n_ac, mask=mask))
+            parts.append(self.acoustic(x, train=train, n_levels=n_ac, mask=mask,
+                                       init_codebooks=init_codebooks))
 
         quantized = sum(p["quantized"] for p in parts)
         metrics = {k: jnp.concatenate([p["metrics"][k] for p in parts]) for k in _LEVEL_METRICS}
@@ -299,7 +309,7 @@ class SplitResidualVQ(nn.Module):
 
         B = x.shape[0]
         bypass = jnp.zeros((B,), bool)
-        if train and not self.is_initializing() and self.no_quant_rate > 0:
+        if train and not self.is_initializing() and self.no_quant_rate > 0 and not init_codebooks:
             bypass = jax.random.uniform(self.make_rng("vq"), (B,)) < self.no_quant_rate
             quantized = jnp.where(bypass[:, None, None], x, quantized)
         metrics["bypass_frac"] = jnp.mean(bypass.astype(jnp.float32))

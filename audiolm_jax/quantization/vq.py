@@ -239,8 +239,16 @@ class VectorQuantizer(nn.Module):
             return jnp.asarray(self.dead_code_threshold, jnp.float32)
         return self.dead_code_threshold * jnp.sum(cluster_size) / self.codebook_size
 
-    def _train_update(self, x: Array, w: Array, key: Array) -> Tuple[Array, Array, Array]:
-        """Runs init / EMA / dead-code steps; returns (codebook used, codes, n_reset)."""
+    def _train_update(self, x: Array, w: Array, key: Array,
+                      init_codebooks: Optional[bool] = None) -> Tuple[Array, Array, Array]:
+        """Runs init / EMA / dead-code steps; returns (codebook used, codes, n_reset).
+
+        ``init_codebooks``: None runs k-means behind a ``lax.cond`` on ``initialized``;
+        True runs it in this call (no conditional); False never runs it here. Trainers use
+        True once on the first batch and False in the hot step, which keeps collectives out of
+        conditionals (XLA's CPU backend can deadlock on those with many fake devices) and the
+        50 Lloyd iterations out of the step program.
+        """
         K = self.codebook_size
         # One random draw per step (threefry is slow to compile): row 0 seeds
         # k-means, row 1 picks dead-code replacements.
@@ -259,7 +267,15 @@ class VectorQuantizer(nn.Module):
             return self.codebook.value, self.cluster_size.value, self.embed_sum.value
 
         need_init = jnp.logical_and(jnp.logical_not(self.initialized.value), any_valid)
-        codebook, cluster_size, embed_sum = jax.lax.cond(need_init, do_init, keep, None)
+        if init_codebooks is None:
+            codebook, cluster_size, embed_sum = jax.lax.cond(need_init, do_init, keep, None)
+        elif init_codebooks:
+            need_init = any_valid
+            codebook, cluster_size, embed_sum = jax.tree.map(
+                lambda new, old: jnp.where(need_init, new, old), do_init(None), keep(None))
+        else:
+            need_init = jnp.array(False)
+            codebook, cluster_size, embed_sum = keep(None)
         initialized = jnp.logical_or(self.initialized.value, need_init)
 
         # 2. Assign with the (possibly just initialized) codebook.
@@ -300,13 +316,15 @@ class VectorQuantizer(nn.Module):
 
     # -- forward ---------------------------------------------------------------
 
-    def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None) -> Dict[str, Any]:
+    def __call__(self, x: Array, train: bool = False, mask: Optional[Array] = None,
+                 init_codebooks: Optional[bool] = None) -> Dict[str, Any]:
         """Quantizes x.
 
         Args:
           x: [..., D] float.
           train: update the EMA statistics (needs ``mutable=['vq_stats']`` and
             rng ``'vq'``) and return straight-through ``quantized``.
+          init_codebooks: see ``_train_update`` (None: k-means once, under a cond).
           mask: optional bool [...]; False entries are ignored by the statistics,
             metrics and commit loss, get ``quantized = 0`` and ``codes = -1``.
         Returns:
@@ -329,7 +347,8 @@ class VectorQuantizer(nn.Module):
         if train and not self.is_initializing():
             if not self.is_mutable_collection("vq_stats"):
                 raise ValueError("train=True requires apply(..., mutable=['vq_stats'])")
-            codebook, codes, n_reset = self._train_update(xs, w, self.make_rng("vq"))
+            codebook, codes, n_reset = self._train_update(xs, w, self.make_rng("vq"),
+                                                          init_codebooks)
         else:
             codebook = self.codebook.value
             codes = nearest_codes(xs, codebook)

@@ -2,7 +2,8 @@
 
 A *task* supplies what differs: ``init_state(rng)`` (pure; weights may carry logical-axis
 boxes), ``train_step(state, batch) -> (state, metrics)`` (pure), ``prepare_batch(host_batch)``
-and optionally ``write_samples(state, step, workdir, writer)``. The loop owns the mesh,
+and optionally ``init_step(state, batch) -> state`` (run once on the first batch of a fresh
+run, e.g. k-means codebook init) and ``write_samples(state, step, workdir, writer)``. The loop owns the mesh,
 shardings, compilation, checkpoints, metrics, progress bar and the NaN guard.
 """
 
@@ -42,6 +43,14 @@ def abstract_state(task: Task, mesh, rng) -> tuple[Any, Any]:
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings)
     return abstract, shardings
+
+
+def compile_init_step(task: Task, state_shardings, mesh) -> Callable | None:
+    if not hasattr(task, "init_step"):
+        return None
+    return jax.jit(task.init_step,
+                   in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh, 1)),
+                   out_shardings=state_shardings, donate_argnums=(0,))
 
 
 def compile_step(task: Task, state_shardings, mesh) -> Callable:
@@ -114,6 +123,7 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
             logging.info("resumed from checkpoint at step %d", restored)
         last_saved = restored
         step_fn = compile_step(task, shardings, mesh)
+        first_batch_fn = compile_init_step(task, shardings, mesh) if restored is None else None
         batch_sh = mesh_lib.batch_sharding(mesh, 1)
         pending: list[tuple[int, Any]] = []
         bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -123,6 +133,8 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
         try:
             while step < num_steps:
                 batch = mesh_lib.global_batch(task.prepare_batch(next(data_iterator)), batch_sh)
+                if first_batch_fn is not None and step == 0:
+                    state = first_batch_fn(state, batch)
                 state, metrics = step_fn(state, batch)
                 step += 1
                 pending.append((step, metrics))

@@ -25,6 +25,7 @@ USAGE = """usage: audiolm-jax COMMAND [--flags]
 commands:
   quickstart   --workdir=DIR               train a small codec on the built-in corpus (CPU minutes)
   train-codec  --config=FILE --workdir=DIR [--config.key=value ...]
+  train-vqvae  --config=configs/vqvae_fashion_mnist.py --workdir=DIR   the article's VQ-VAE detour
   eval-codec   --workdir=DIR --audio=PATH  print spectral/mel/SI-SNR/bitrate/usage as JSON
   encode       --workdir=DIR IN.wav OUT.npy
   decode       --workdir=DIR IN.npy OUT.wav
@@ -99,6 +100,15 @@ def cmd_train_codec(argv):
         raise UsageError("--config is required (e.g. --config=configs/codec/article_cnn.py)")
     summary = train_codec(config, _require(FLAGS.workdir, "workdir"))
     print(json.dumps(summary))
+
+
+def cmd_train_vqvae(argv):
+    from audiolm_jax.vqvae.run import train_vqvae
+
+    _positional(argv, [])
+    if FLAGS.config is None:
+        raise UsageError("--config is required (e.g. --config=configs/vqvae_fashion_mnist.py)")
+    print(json.dumps(train_vqvae(FLAGS.config, _require(FLAGS.workdir, "workdir"))))
 
 
 def cmd_eval_codec(argv):
@@ -205,6 +215,7 @@ def cmd_quickstart(argv):
 COMMANDS = {
     "quickstart": cmd_quickstart,
     "train-codec": cmd_train_codec,
+    "train-vqvae": cmd_train_vqvae,
     "eval-codec": cmd_eval_codec,
     "encode": cmd_encode,
     "decode": cmd_decode,

@@ -30,8 +30,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--levels", default="1,2,4,8")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--crop_length", type=int, default=16384)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--crop_length", type=int, default=8192)
+    p.add_argument("--channels", type=int, default=16, help="article: 32 (CPU default: 16)")
+    p.add_argument("--res_blocks", type=int, default=2, help="article: 4 (CPU default: 2)")
     p.add_argument("--codebook_size", type=int, default=1024)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--audio", default=None, help="held-out audio folder (default: synthetic)")
@@ -48,6 +50,7 @@ def main():
     results = {}
     for levels in [int(x) for x in args.levels.split(",")]:
         config = load_config("article_cnn")
+        config.model.update(channels=args.channels, res_blocks=args.res_blocks)
         config.quantizer.num_levels = levels
         config.quantizer.codebook_size = args.codebook_size
         config.data.source = args.train_source
@@ -68,6 +71,7 @@ def main():
         print(json.dumps({"done": levels, **results[str(levels)]}), flush=True)
     losses = [results[k]["spectral_loss"] for k in results]
     print(json.dumps({"benchmark": "codec_levels", "steps": args.steps,
+                      "channels": args.channels, "res_blocks": args.res_blocks,
                       "batch_size": args.batch_size, "crop_length": args.crop_length,
                       "held_out_files": len(paths), "levels": results,
                       "spectral_loss_falls": all(a > b for a, b in zip(losses, losses[1:]))},

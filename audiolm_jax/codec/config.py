@@ -75,14 +75,18 @@ def tiny_soundstream_config() -> ml_collections.ConfigDict:
 
 
 def quickstart_config() -> ml_collections.ConfigDict:
-    """The README's main job: a small article-style codec on the built-in corpus, CPU minutes."""
+    """The README's main job: a small article-style codec on the built-in corpus, CPU minutes.
+
+    The article's architecture (7 stride-2 blocks, 125 Hz at 16 kHz) at half width with 2
+    residual blocks per stage; about 0.16 s a step on 2 CPU cores (BUILD_NOTES.md).
+    """
     c = base_codec_config()
     c.train.name = "quickstart"
-    c.model.update(kind="cnn", channels=32, latent_dim=32, num_blocks=7, res_blocks=3)
+    c.model.update(kind="cnn", channels=16, latent_dim=32, num_blocks=7, res_blocks=2)
     c.quantizer.update(num_levels=4, codebook_size=256, kmeans_iters=20)
     c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=50, weight_decay=0.0)
-    c.data.update(crop_length=16384, synthetic_utterances=256, synthetic_seconds=2.0, num_eval=4,
+    c.data.update(crop_length=8192, synthetic_utterances=512, synthetic_seconds=2.0, num_eval=4,
                   eval_seconds=2.0)
-    c.train.update(num_steps=300, batch_size=16, checkpoint_every=100, log_every=10,
-                   sample_every=100)
+    c.train.update(num_steps=600, batch_size=8, checkpoint_every=200, log_every=10,
+                   sample_every=200)
     return c

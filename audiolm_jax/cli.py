@@ -229,7 +229,11 @@ def _main(command, argv):
 
     try:
         COMMANDS[command](argv[1:])
-    except (UsageError, ConfigError, AudioDecodeError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, AudioDecodeError, FileNotFoundError, ValueError) as e:
+        # Bad input of any kind: one line naming the problem. Set AUDIOLM_JAX_TRACEBACK=1 for
+        # the full traceback when debugging.
+        if os.environ.get("AUDIOLM_JAX_TRACEBACK"):
+            raise
         print(f"audiolm-jax {command}: error: {e}", file=sys.stderr)
         sys.exit(2)
 

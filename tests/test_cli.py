@@ -103,3 +103,29 @@ def test_changed_model_is_refused(trained):
     proc = cli("train-codec", f"--config={TINY}", f"--workdir={workdir}",
                "--config.quantizer.codebook_size=32", check=False)
     assert proc.returncode != 0 and "quantizer.codebook_size" in proc.stderr
+
+
+def test_train_from_folder_skips_and_reports_malformed_files(tmp_path):
+    from audiolm_jax.data.synthetic import write_synthetic_wavs
+
+    folder = tmp_path / "corpus"
+    write_synthetic_wavs(str(folder / "a"), n=3, sample_rate=16000, seed=1, seconds=0.6)
+    (folder / "b").mkdir()
+    (folder / "b" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    out = cli("train-codec", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
+              f"--config.data.source={folder}", f"--config.data.eval_source={folder}",
+              "--config.train.num_steps=2", "--config.train.batch_size=2")
+    summary = last_json(out.stdout)
+    assert summary["step"] == 2
+    assert summary["skipped"]["count"] >= 1
+    assert any("broken.wav" in name for name in summary["skipped"]["files"])
+    assert "broken.wav" in out.stderr  # the warning names the file
+
+
+def test_folder_without_readable_audio_is_a_clear_error(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "x.wav").write_bytes(b"nope")
+    proc = cli("train-codec", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
+               f"--config.data.source={folder}", check=False)
+    assert proc.returncode != 0 and "no readable audio" in proc.stderr and str(folder) in proc.stderr

@@ -26,6 +26,10 @@ def make_train_iterator(config: Any):
         raise ValueError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
                          f"divisible by the number of processes ({processes})")
     source = _source(config, config.data.source, "train")
+    if hasattr(source, "bad_files"):  # a folder: fail now, not after compiling, if unreadable
+        from audiolm_jax.data import ensure_readable
+
+        ensure_readable(source)
     return make_audio_iterator(
         source, crop_length=int(config.data.crop_length),
         batch_size=int(config.train.batch_size) // processes, seed=int(config.train.seed),

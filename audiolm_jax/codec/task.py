@@ -20,6 +20,7 @@ from flax import struct
 
 from audiolm_jax.codec import losses as losses_lib
 from audiolm_jax.codec.model import build_codec
+from audiolm_jax.quantization.init import kmeans_init_stats
 from audiolm_jax.train.optim import make_optimizer
 
 VQ_RNG = "vq"
@@ -130,11 +131,9 @@ class CodecTask:
 
     def init_step(self, state: CodecState, batch: dict) -> CodecState:
         """k-means codebook init on the first batch (all devices' vectors), before step 1."""
-        _, mutated = self.model.apply(
-            {"params": state.params, "vq_stats": state.vq_stats}, batch["audio"], train=True,
-            init_codebooks=True, rngs={VQ_RNG: jax.random.fold_in(state.rng, 1)},
-            mutable=["vq_stats"])
-        return state.replace(vq_stats=mutated["vq_stats"])
+        return state.replace(vq_stats=kmeans_init_stats(
+            self.model, state.params, state.vq_stats, batch["audio"],
+            jax.random.fold_in(state.rng, 1)))
 
     def train_step(self, state: CodecState, batch: dict) -> tuple[CodecState, dict]:
         audio = batch["audio"]

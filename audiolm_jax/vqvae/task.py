@@ -71,11 +71,11 @@ class VQVAETask:
         """k-means codebook init on the first batch, before step 1 (see the codec task)."""
         if not self.quantize:
             return state
-        _, mutated = self.model.apply(
-            {"params": state.params, "vq_stats": state.vq_stats}, batch["image"], train=True,
-            init_codebooks=True, rngs={VQ_RNG: jax.random.fold_in(state.rng, 1)},
-            mutable=["vq_stats"])
-        return state.replace(vq_stats=mutated["vq_stats"])
+        from audiolm_jax.quantization.init import kmeans_init_stats
+
+        return state.replace(vq_stats=kmeans_init_stats(
+            self.model, state.params, state.vq_stats, batch["image"],
+            jax.random.fold_in(state.rng, 1)))
 
     def train_step(self, state: VQVAEState, batch: dict) -> tuple[VQVAEState, dict]:
         images = batch["image"]

@@ -1,0 +1,21 @@
+"""The one-time k-means codebook initialisation a trainer runs on its first batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+
+def kmeans_init_stats(model: nn.Module, params: Any, vq_stats: Any, inputs: Any,
+                      rng: jax.Array, **call_kwargs) -> Any:
+    """Returns ``vq_stats`` after k-means on ``inputs`` for every quantizer level of ``model``.
+
+    ``model`` must forward ``init_codebooks`` to its quantizer. Trainers call this once, in its
+    own compiled step, and pass ``init_codebooks=False`` in the hot step (see ``vq.py``).
+    """
+    _, mutated = model.apply({"params": params, "vq_stats": vq_stats}, inputs, train=True,
+                             init_codebooks=True, rngs={"vq": rng}, mutable=["vq_stats"],
+                             **call_kwargs)
+    return mutated["vq_stats"]

@@ -238,6 +238,34 @@ def _main(command, argv):
         sys.exit(2)
 
 
+def _parse_flags_or_exit(command: str, argv: list[str]) -> list[str]:
+    """Parses flags now so a bad flag or config override is one line, before any JAX work."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1].split(":", 1)[0]
+            if not os.path.isfile(path):
+                print(f"audiolm-jax {command}: error: config file {path!r} does not exist",
+                      file=sys.stderr)
+                sys.exit(2)
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as e:
+        print(f"audiolm-jax {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown key
+        detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "")
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        print(f"audiolm-jax {command}: error: unknown config key ({detail}) "
+              f"in {' '.join(overrides)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # a config file that cannot be loaded
+        if os.environ.get("AUDIOLM_JAX_TRACEBACK"):
+            raise
+        print(f"audiolm-jax {command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+    return remaining
+
+
 def run():
     argv = sys.argv
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -248,8 +276,10 @@ def run():
         print(f"audiolm-jax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"{os.path.basename(argv[0])} {command}"] + argv[2:]
+    remaining = _parse_flags_or_exit(command, sys.argv)
     logging.set_verbosity(logging.WARNING)
-    app.run(lambda a: _main(command, a))
+    # Flags are parsed once, above (config_flags cannot parse its overrides twice).
+    app.run(lambda a: _main(command, a), flags_parser=lambda _: remaining)
 
 
 if __name__ == "__main__":

@@ -129,3 +129,17 @@ def test_folder_without_readable_audio_is_a_clear_error(tmp_path):
     proc = cli("train-codec", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
                f"--config.data.source={folder}", check=False)
     assert proc.returncode != 0 and "no readable audio" in proc.stderr and str(folder) in proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train-codec", "--config=configs/codec/nope.py", "--workdir=/tmp/x"], "nope.py"),
+    (["train-codec", f"--config={TINY}", "--workdir=/tmp/x", "--config.train.num_stepz=3"],
+     "unknown config key"),
+    (["train-codec", f"--config={TINY}", "--workdir=/tmp/x", "--config.train.num_steps=abc"],
+     "num_steps"),
+])
+def test_flag_errors_are_one_line(args, needle):
+    proc = cli(*args, check=False)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode != 0 and needle in proc.stderr
+    assert not any(l.startswith("Traceback") for l in lines), proc.stderr

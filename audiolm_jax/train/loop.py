@@ -35,11 +35,19 @@ class Task(Protocol):
     def prepare_batch(self, host_batch: Any) -> Any: ...
 
 
+def strip_boxes(tree: Any) -> Any:
+    """Replaces logical-partitioning boxes by their values (no sharding constraint applied,
+    which ``nn.meta.unbox`` would attempt under a mesh even on abstract values)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                        is_leaf=is_box)
+
+
 def abstract_state(task: Task, mesh, rng) -> tuple[Any, Any]:
     """(ShapeDtypeStructs carrying NamedShardings, shardings) of the task's state."""
     boxed = jax.eval_shape(task.init_state, rng)
     shardings = mesh_lib.tree_shardings(mesh, boxed)
-    plain = nn.meta.unbox(boxed)
+    plain = strip_boxes(boxed)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), plain, shardings)
     return abstract, shardings

@@ -1,0 +1,30 @@
+"""The base language-model config every ``configs/lm/*.py`` file starts from."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_lm_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "lm"
+    # GPT-2 family (nanoGPT): the article's model is 12 layers x 16 heads x 1024, context 2048.
+    c.model = ml_collections.ConfigDict(dict(
+        num_layers=12, num_heads=16, width=1024, context=2048, mlp_ratio=4, dropout=0.1,
+        positions="learned", tie_embeddings=True, bias=False, dtype="float32", remat=False,
+        layout="flat", level_offsets=False, delays=(), acoustic_delay=1, vocab_multiple=128))
+    # What the tokens are; filled from the token directory's metadata when training on one.
+    c.tokens = ml_collections.ConfigDict(dict(
+        codebook_size=2048, num_levels=8, num_streams=1, drop_semantic=False))
+    # Per-level loss weights, e.g. (10,) + (0.1,) * 7 or Moshi's semantic x100; () = equal.
+    c.loss = ml_collections.ConfigDict(dict(level_weights=()))
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-4, end_learning_rate=1e-5, warmup_steps=2000, schedule="cosine",
+        weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.data = ml_collections.ConfigDict(dict(tokens="", eval_fraction=0.0))
+    c.train = ml_collections.ConfigDict(dict(
+        name="lm", num_steps=100_000, batch_size=64, seed=0, checkpoint_every=1000,
+        log_every=50, sample_every=0, keep_checkpoints=3, async_checkpoints=True,
+        progress=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c

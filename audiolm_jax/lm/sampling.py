@@ -1,0 +1,255 @@
+"""Sampling from a :class:`~audiolm_jax.lm.transformer.Transformer` with its KV cache.
+
+Two pieces:
+
+* :func:`sample_logits` draws one token per row of ``[..., V]`` logits with temperature,
+  top-k and nucleus (top-p) filtering; temperature 0 is greedy. It is jit-compatible
+  (``temperature`` and ``top_p`` may be traced scalars, ``top_k`` is a static int).
+* :func:`generate` prefills the cache with the prompt (one ``decode`` call on the whole
+  prompt), then samples ``num_new`` tokens inside ONE ``jax.lax.scan``, feeding each token
+  back through ``Transformer.decode``. The whole thing is one jitted function, compiled once
+  per (model, shapes, num_new, top_k, max_length, allowed_vocab, forcing or not).
+
+Layouts:
+
+* single level (``num_levels == 1``): prompt ``[B, P]`` -> tokens ``[B, P + num_new]``. A flat
+  multi-codebook layout is just this, with level ``q`` at positions ``i % K == q``.
+* multi-level (parallel / delay / depth layouts): prompt ``[B, K, P]`` -> ``[B, K, P + num_new]``;
+  each step samples all K levels at once from their heads.
+
+Teacher forcing: ``forced`` (tokens, the output's shape or broadcastable to it) and
+``forced_mask`` (bool, same) replace the sampled token wherever the mask is True, and the
+forced token is what is fed back to the model. Forced positions inside the prompt overwrite
+the prompt too. E.g. keep level 0 from a prompt file and resample the rest ("same words,
+another voice"): for a flat layout force positions ``i % K == 0``; for row layouts force row 0.
+
+Delay layouts: the empty slots of the first steps (and, for a fixed total length, of the last
+ones) must hold the special token ``pattern.special_token``; :func:`delay_special_mask`
+gives the ``(forced, forced_mask)`` for them, and :func:`combine_forced` merges it with other
+forcing. ``allowed_vocab`` (static) restricts sampling to ids ``< allowed_vocab``, e.g.
+``pattern.vocab_size`` so a model with ``vocab_size + 1`` outputs never samples the special
+token in a real slot.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiolm_jax.lm.transformer import Transformer, init_cache
+
+__all__ = ["sample_logits", "generate", "generate_cache_size", "delay_special_mask",
+           "combine_forced", "GREEDY_EPS"]
+
+GREEDY_EPS = 1e-6  # temperature at or below this is greedy argmax
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _top_k_filter(logits: jax.Array, top_k: int) -> jax.Array:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]  # [..., 1]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def _top_p_filter(logits: jax.Array, top_p) -> jax.Array:
+    """Keep the smallest set of largest-probability tokens whose mass is >= top_p (at least
+    the top token); the rest get -inf. Ties at the threshold are all kept."""
+    sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly better tokens
+    keep = mass_before < top_p
+    keep = keep.at[..., 0].set(True)
+    num_keep = jnp.sum(keep, axis=-1, keepdims=True)  # keep is a prefix, so a count suffices
+    threshold = jnp.take_along_axis(sorted_logits, num_keep - 1, axis=-1)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature=1.0, top_k: int = 0,
+                  top_p=1.0, allowed_vocab: Optional[int] = None) -> jax.Array:
+    """One token id (int32) per row of ``logits [..., V]`` -> ``[...]``.
+
+    ``temperature <= GREEDY_EPS`` is greedy argmax. Otherwise the logits are divided by the
+    temperature, filtered by top-k (``top_k > 0``: keep the k largest; a static int) and top-p
+    (keep the smallest set whose cumulative probability is >= ``top_p``, always at least the
+    top token), and sampled. ``temperature`` / ``top_p`` may be traced scalars.
+    ``allowed_vocab`` (static) forbids ids ``>= allowed_vocab``.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    V = logits.shape[-1]
+    if allowed_vocab is not None and allowed_vocab < V:
+        logits = jnp.where(jnp.arange(V) < allowed_vocab, logits, -jnp.inf)
+    greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    top_k = int(top_k)
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = temperature <= GREEDY_EPS
+    scaled = logits / jnp.where(greedy, 1.0, temperature)
+    if 0 < top_k < V:
+        scaled = _top_k_filter(scaled, top_k)
+    skip_top_p = isinstance(top_p, (int, float)) and top_p >= 1.0
+    if not skip_top_p:
+        scaled = _top_p_filter(scaled, jnp.asarray(top_p, jnp.float32))
+    sampled = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    return jnp.where(greedy, greedy_tok, sampled)
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def _last(logits):
+    """Logits of the last position: [B, T, V] -> [B, V]; [B, K, T, V] -> [B, K, V]."""
+    return logits[..., -1, :]
+
+
+def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, forced,
+                   forced_mask, *, num_new: int, top_k: int, max_length: int,
+                   allowed_vocab: Optional[int]):
+    B, P = prompt.shape[0], prompt.shape[-1]
+    total = P + num_new
+    out = jnp.zeros(prompt.shape[:-1] + (total,), jnp.int32)
+    out = jax.lax.dynamic_update_slice_in_dim(out, prompt.astype(jnp.int32), 0, axis=-1)
+    if forced is not None:
+        out = jnp.where(forced_mask, forced, out)  # forced prompt slots too
+    prompt = out[..., :P]
+
+    def decode(tokens, cache, index):
+        return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)
+
+    cache = init_cache(model.config, B, max_length)
+    logits, cache = decode(prompt, cache, 0)
+    if num_new == 0:
+        return out
+
+    def step(carry, i):
+        out, cache, logits = carry
+        pos = P + i
+        tok = sample_logits(logits, jax.random.fold_in(rng, i), temperature=temperature,
+                            top_k=top_k, top_p=top_p, allowed_vocab=allowed_vocab)
+        if forced is not None:
+            f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=-1, keepdims=False)
+            f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=-1, keepdims=False)
+            tok = jnp.where(f_msk, f_tok, tok)
+        out = jax.lax.dynamic_update_slice_in_dim(out, tok[..., None], pos, axis=-1)
+
+        def feed(args):
+            cache, _ = args
+            new_logits, new_cache = decode(tok[..., None], cache, pos)
+            return new_cache, _last(new_logits)
+
+        # The last token is never fed back (it would need a slot past the output).
+        cache, logits = jax.lax.cond(i < num_new - 1, feed, lambda a: a, (cache, logits))
+        return (out, cache, logits), None
+
+    (out, _, _), _ = jax.lax.scan(step, (out, cache, _last(logits)),
+                                  jnp.arange(num_new, dtype=jnp.int32))
+    return out
+
+
+_generate_jit = jax.jit(
+    _generate_impl,
+    static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab"))
+
+
+def generate_cache_size() -> int:
+    """How many compiled versions of the generate function exist (for recompilation checks)."""
+    return _generate_jit._cache_size()
+
+
+def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Array, *,
+             temperature=1.0, top_k: int = 0, top_p=1.0, max_length: Optional[int] = None,
+             forced=None, forced_mask=None, allowed_vocab: Optional[int] = None) -> jax.Array:
+    """Continue ``prompt`` by ``num_new`` sampled tokens with the KV cache.
+
+    model: a :class:`Transformer` (hashable; static). params: its (unboxed) params.
+    prompt: int ``[B, P]`` (``num_levels == 1``) or ``[B, K, P]`` (``num_levels == K``), P >= 1.
+    rng: a PRNG key; step i uses ``fold_in(rng, i)``.
+    temperature / top_p: floats (traced: changing them does not recompile); top_k: static int.
+    max_length: cache length (static), default and minimum ``P + num_new``; at most
+      ``config.context`` with learned positions.
+    forced / forced_mask: optional tokens and bool mask, shaped like (or broadcastable to)
+      the output ``[B, P + num_new]`` / ``[B, K, P + num_new]``: where the mask is True the
+      output (and the token fed back) is the forced one, in the prompt as well.
+    allowed_vocab: optional static int; ids >= it are never sampled (forcing may still write
+      them, e.g. the delay layout's special token).
+
+    Returns int32 tokens ``[B, P + num_new]`` or ``[B, K, P + num_new]``; the first P are the
+    prompt (with forcing applied). Greedy (temperature 0) output is deterministic.
+    """
+    cfg = model.config
+    prompt = jnp.asarray(prompt, jnp.int32)
+    want = 2 if cfg.num_levels == 1 else 3
+    if prompt.ndim != want or (want == 3 and prompt.shape[1] != cfg.num_levels):
+        raise ValueError(f"prompt must be {'[B, P]' if want == 2 else '[B, K, P]'} with "
+                         f"K={cfg.num_levels}, got shape {prompt.shape}")
+    if prompt.shape[-1] < 1:
+        raise ValueError("prompt must hold at least one token")
+    num_new = int(num_new)
+    if num_new < 0:
+        raise ValueError(f"num_new must be >= 0, got {num_new}")
+    total = prompt.shape[-1] + num_new
+    max_length = total if max_length is None else int(max_length)
+    if max_length < total:
+        raise ValueError(f"max_length {max_length} < prompt + num_new = {total}")
+    if cfg.positions == "learned" and max_length > cfg.context:
+        raise ValueError(f"prompt + num_new = {total} exceeds the learned context {cfg.context}"
+                         if total > cfg.context else
+                         f"max_length {max_length} exceeds the learned context {cfg.context}")
+    if (forced is None) != (forced_mask is None):
+        raise ValueError("forced and forced_mask go together")
+    if forced is not None:
+        out_shape = prompt.shape[:-1] + (total,)
+        forced = jnp.broadcast_to(jnp.asarray(forced, jnp.int32), out_shape)
+        forced_mask = jnp.broadcast_to(jnp.asarray(forced_mask, bool), out_shape)
+    return _generate_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
+                         jnp.asarray(top_p, jnp.float32), forced, forced_mask,
+                         num_new=num_new, top_k=int(top_k), max_length=max_length,
+                         allowed_vocab=None if allowed_vocab is None else int(allowed_vocab))
+
+
+# ----------------------------------------------------------------------------- forcing helpers
+
+
+def delay_special_mask(pattern, total_length: int, *, include_tail: bool = True
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """``(forced [K, L] int32, forced_mask [K, L] bool)`` for a delay-style pattern
+    (``DelayPattern`` / ``DepthPattern``, anything with ``level_delays``, ``max_delay`` and
+    ``special_token``) and a total sequence length ``L``: the mask is True on the slots that
+    must hold ``pattern.special_token`` -- row q's first ``delays[q]`` steps and, when
+    ``include_tail``, the slots past the last frame (``L - max_delay`` frames; the slots
+    ``pattern.valid_mask`` marks False). Broadcasts against ``[B, K, L]`` in :func:`generate`.
+    """
+    L = int(total_length)
+    delays = np.asarray(pattern.level_delays)[:, None]
+    steps = np.arange(L)[None, :]
+    mask = steps < delays  # the head
+    if include_tail:
+        if L < pattern.max_delay:
+            raise ValueError(f"total_length {L} is shorter than the maximum delay "
+                             f"{pattern.max_delay}")
+        mask = mask | (steps - delays >= L - pattern.max_delay)
+    forced = np.where(mask, pattern.special_token, 0).astype(np.int32)
+    return forced, mask
+
+
+def combine_forced(*pairs) -> Tuple[jax.Array, jax.Array]:
+    """Merge ``(forced, forced_mask)`` pairs (broadcastable to one shape); a later pair wins
+    where masks overlap. ``None`` pairs are skipped."""
+    pairs = [p for p in pairs if p is not None]
+    if not pairs:
+        raise ValueError("combine_forced needs at least one (forced, forced_mask) pair")
+    shape = jnp.broadcast_shapes(*[jnp.shape(f) for f, _ in pairs],
+                                 *[jnp.shape(m) for _, m in pairs])
+    forced = jnp.zeros(shape, jnp.int32)
+    mask = jnp.zeros(shape, bool)
+    for f, m in pairs:
+        m = jnp.broadcast_to(jnp.asarray(m, bool), shape)
+        forced = jnp.where(m, jnp.asarray(f, jnp.int32), forced)
+        mask = mask | m
+    return forced, mask

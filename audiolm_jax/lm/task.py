@@ -1,0 +1,152 @@
+"""Language-model training as a task for the shared loop.
+
+Codes arrive as ``{'codes': int [B, S, K, frames]}`` (S streams, K levels). The token layout
+(:mod:`audiolm_jax.lm.patterns`) is applied on the host, so the compiled step only sees
+``inputs``/``targets``/``weights``: next-token cross-entropy weighted per position, where the
+weights carry the per-level loss weights and mask the empty slots of delayed layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from audiolm_jax.lm.patterns import make_pattern
+from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
+from audiolm_jax.train.optim import make_optimizer
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@struct.dataclass
+class LMState:
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    rng: jnp.ndarray
+
+
+def mask_padded_vocab(logits: jnp.ndarray, vocab_size: int) -> jnp.ndarray:
+    """Sets the logits of padding ids (>= vocab_size) to a large negative value."""
+    if logits.shape[-1] == vocab_size:
+        return logits
+    keep = jnp.arange(logits.shape[-1]) < vocab_size
+    return jnp.where(keep, logits, jnp.finfo(logits.dtype).min / 2)
+
+
+class LMTask:
+    def __init__(self, config: Any):
+        self.config = config
+        m, t = config.model, config.tokens
+        self.num_levels, self.num_streams = int(t.num_levels), int(t.num_streams)
+        codebook = int(t.codebook_size)
+        if m.layout == "depth":
+            raise NotImplementedError(
+                "model.layout='depth' needs the depth transformer, which is not built yet; "
+                "use 'flat', 'parallel' or 'delay'")
+        kw = {}
+        if m.layout == "flat":
+            kw["level_offsets"] = bool(m.level_offsets)
+        if m.layout == "delay" and m.get("delays"):
+            kw["delays"] = tuple(int(d) for d in m.delays)
+        self.pattern = make_pattern(m.layout, self.num_levels, codebook,
+                                    num_streams=self.num_streams, **kw)
+        self.rows = self.num_levels * self.num_streams
+        self.flat = m.layout == "flat"
+        self.context = int(m.context)
+        # The embedding/head vocabulary is padded (e.g. 1025 delay ids -> 1152) so the 'vocab'
+        # axis divides over the tensor axis; padded ids are masked out of the softmax.
+        self.vocab_size = int(self.pattern.embed_vocab_size)
+        multiple = max(int(m.get("vocab_multiple", 128)), 1)
+        self.model_config = TransformerConfig(
+            vocab_size=-(-self.vocab_size // multiple) * multiple, num_layers=int(m.num_layers),
+            num_heads=int(m.num_heads), width=int(m.width), context=self.context,
+            mlp_ratio=int(m.mlp_ratio), dropout=float(m.dropout), positions=m.positions,
+            tie_embeddings=bool(m.tie_embeddings), bias=bool(m.bias),
+            dtype=_DTYPES[m.dtype], remat=bool(m.remat),
+            num_levels=1 if self.flat else self.rows)
+        self.model = Transformer(self.model_config)
+        self.optimizer, self.schedule = make_optimizer(config.optim, int(config.train.num_steps))
+        weights = tuple(config.loss.get("level_weights", ()) or ()) or None
+        self._weights, self._level_ids = self._position_weights(weights)
+
+    # ---------------------------------------------------------------- layout
+    @property
+    def frames_per_example(self) -> int:
+        """Codec frames a training window needs for ``context + 1`` tokens."""
+        if self.flat:
+            return math.ceil((self.context + 1) / self.rows)
+        return self.context + 1 - int(getattr(self.pattern, "max_delay", 0))
+
+    def _position_weights(self, weights):
+        """(weights, level ids) of the target positions, from the per-level loss weights."""
+        n = self.context + 1
+        if self.flat:
+            w = self.pattern.level_weights(weights, n)[1:]
+            ids = self.pattern.level_ids(n)[1:] if hasattr(self.pattern, "level_ids") else None
+            return w.astype(np.float32), np.asarray(ids) % self.rows
+        per_row = self.pattern.level_weights(weights)  # [rows]
+        valid = np.asarray(self.pattern.valid_mask(self.frames_per_example))
+        valid = valid.reshape(self.rows, -1)[:, 1:]
+        return (per_row[:, None] * valid).astype(np.float32), np.arange(self.rows)
+
+    def sequences(self, codes: np.ndarray) -> np.ndarray:
+        """[B, S, K, frames] codes -> laid-out token sequences of context + 1 tokens."""
+        codes = np.asarray(codes)
+        if self.num_streams == 1:
+            codes = codes[:, 0]
+        seq = np.asarray(self.pattern.build(codes))
+        if self.flat:
+            return seq[:, : self.context + 1]
+        return seq.reshape(seq.shape[0], self.rows, -1)[..., : self.context + 1]
+
+    def prepare_batch(self, host_batch: Any) -> dict:
+        seq = self.sequences(host_batch["codes"]).astype(np.int32)
+        return {"inputs": seq[..., :-1], "targets": seq[..., 1:],
+                "weights": np.broadcast_to(self._weights, seq[..., 1:].shape).copy()}
+
+    # ---------------------------------------------------------------- state
+    def init_state(self, rng: jax.Array) -> LMState:
+        k_params, k_state = jax.random.split(rng)
+        params = init_params(self.model, k_params)  # boxed with logical axis names
+        return LMState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=self.optimizer.init(params), rng=k_state)
+
+    # ---------------------------------------------------------------- loss
+    def losses(self, params, batch, train: bool, rng=None) -> tuple[jnp.ndarray, dict]:
+        rngs = {"dropout": rng} if train and rng is not None else None
+        logits = self.model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+        logits = mask_padded_vocab(logits, self.vocab_size)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        w = batch["weights"]
+        loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-9)
+        # Unweighted mean cross-entropy per level (over the positions that level occupies).
+        valid = (w > 0).astype(jnp.float32)
+        if self.flat:
+            onehot = jax.nn.one_hot(self._level_ids, self.rows, dtype=jnp.float32)  # [T, R]
+            per = jnp.einsum("bt,tr->r", ce * valid, onehot)
+            cnt = jnp.einsum("bt,tr->r", valid, onehot)
+        else:
+            per, cnt = jnp.sum(ce * valid, axis=(0, 2)), jnp.sum(valid, axis=(0, 2))
+        return loss, {"level_losses": per / jnp.maximum(cnt, 1.0), "tokens": jnp.sum(valid)}
+
+    def train_step(self, state: LMState, batch: dict) -> tuple[LMState, dict]:
+        rng, k_drop = jax.random.split(state.rng)
+        (loss, aux), grads = jax.value_and_grad(
+            lambda p: self.losses(p, batch, True, k_drop), has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "loss/level": aux["level_losses"],
+                   "grad_norm": optax.tree.norm(grads), "learning_rate": self.schedule(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             rng=rng), metrics
+
+    def eval_step(self, params, batch: dict) -> dict:
+        loss, aux = self.losses(params, batch, False)
+        return {"loss": loss, "level_losses": aux["level_losses"], "tokens": aux["tokens"]}

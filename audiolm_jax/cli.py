@@ -19,6 +19,21 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and sam
 flags.DEFINE_string("audio", None, "An audio file or a folder of audio files (eval-codec).")
 flags.DEFINE_integer("steps", None, "quickstart: number of training steps (default: the preset's).")
 flags.DEFINE_integer("num_levels", None, "Use only the first N quantizer levels (reconstruct).")
+flags.DEFINE_string("codec-workdir", None, "tokenize: the trained codec's workdir.")
+flags.DEFINE_string("out", None, "tokenize: output token directory; generate: output WAV.")
+flags.DEFINE_enum("tokenizer", "codec", ["codec", "mulaw"], "tokenize: codec tokens or mu-law.")
+flags.DEFINE_integer("sample_rate", 16000, "tokenize --tokenizer=mulaw: audio rate.")
+flags.DEFINE_integer("files_per_shard", 64, "tokenize: audio files per token shard.")
+flags.DEFINE_boolean("stereo_streams", False, "tokenize: one token stream per stereo channel.")
+flags.DEFINE_string("tokens", None, "eval-lm: token directory.")
+flags.DEFINE_string("prompt", None, "generate: prompt audio file.")
+flags.DEFINE_float("seconds", 4.0, "generate: seconds of audio to generate after the prompt.")
+flags.DEFINE_float("temperature", 1.0, "generate: sampling temperature (0 = greedy).")
+flags.DEFINE_integer("top_k", 0, "generate: keep the k most likely tokens (0 = off).")
+flags.DEFINE_float("top_p", 1.0, "generate: nucleus sampling mass.")
+flags.DEFINE_integer("seed", 0, "generate: sampling seed.")
+flags.DEFINE_boolean("keep_semantic", False,
+                     "generate: take level 0 from the prompt file through its whole length.")
 
 USAGE = """usage: audiolm-jax COMMAND [--flags]
 
@@ -27,6 +42,11 @@ commands:
   train-codec  --config=FILE --workdir=DIR [--config.key=value ...]
   train-vqvae  --config=configs/vqvae_fashion_mnist.py --workdir=DIR   the article's VQ-VAE detour
   eval-codec   --workdir=DIR --audio=PATH  print spectral/mel/SI-SNR/bitrate/usage as JSON
+  tokenize     --codec-workdir=DIR --audio=PATH --out=TOKDIR [--tokenizer=mulaw]
+  train-lm     --config=configs/lm/NAME.py --workdir=DIR --config.data.tokens=TOKDIR
+  eval-lm      --workdir=DIR --tokens=TOKDIR     print loss, per-level losses, tokens as JSON
+  generate     --workdir=LMDIR --prompt=IN.wav --seconds=S --out=OUT.wav
+               [--temperature T --top_k K --top_p P --seed N --keep_semantic]
   encode       --workdir=DIR IN.wav OUT.npy
   decode       --workdir=DIR IN.npy OUT.wav
   reconstruct  --workdir=DIR IN.wav OUT.wav
@@ -109,6 +129,47 @@ def cmd_train_vqvae(argv):
     if FLAGS.config is None:
         raise UsageError("--config is required (e.g. --config=configs/vqvae_fashion_mnist.py)")
     print(json.dumps(train_vqvae(FLAGS.config, _require(FLAGS.workdir, "workdir"))))
+
+
+def cmd_tokenize(argv):
+    from audiolm_jax.lm.run import tokenize
+
+    _positional(argv, [])
+    paths = _audio_paths(_require(FLAGS.audio, "audio"))
+    out = _require(FLAGS.out, "out")
+    print(json.dumps(tokenize(paths, out, tokenizer=FLAGS.tokenizer,
+                              codec_workdir=FLAGS["codec-workdir"].value,
+                              sample_rate=FLAGS.sample_rate,
+                              files_per_shard=FLAGS.files_per_shard,
+                              stereo_streams=FLAGS.stereo_streams)))
+
+
+def cmd_train_lm(argv):
+    from audiolm_jax.lm.run import train_lm
+
+    _positional(argv, [])
+    if FLAGS.config is None:
+        raise UsageError("--config is required (e.g. --config=configs/lm/article_codec_flat.py)")
+    print(json.dumps(train_lm(FLAGS.config, _require(FLAGS.workdir, "workdir"))))
+
+
+def cmd_eval_lm(argv):
+    from audiolm_jax.lm.run import evaluate_lm
+
+    _positional(argv, [])
+    print(json.dumps(evaluate_lm(_require(FLAGS.workdir, "workdir"),
+                                 _require(FLAGS.tokens, "tokens"))))
+
+
+def cmd_generate(argv):
+    from audiolm_jax.lm.run import generate_audio
+
+    _positional(argv, [])
+    prompt = _require_file(_require(FLAGS.prompt, "prompt"))
+    print(json.dumps(generate_audio(
+        _require(FLAGS.workdir, "workdir"), prompt, FLAGS.seconds, _require(FLAGS.out, "out"),
+        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
+        keep_semantic=FLAGS.keep_semantic)))
 
 
 def cmd_eval_codec(argv):
@@ -205,11 +266,34 @@ def cmd_quickstart(argv):
         save_wav(os.path.join(recon_dir, f"{name}_reconstruction.wav"),
                  codec.reconstruct(audio), codec.sample_rate)
     print(json.dumps(report))
+
+    # The language model on the codec's tokens, then a continuation of a held-out prompt.
+    from audiolm_jax.lm.config import tiny_lm_config
+    from audiolm_jax.lm.run import generate_audio, tokenize, train_lm
+
+    corpus = write_synthetic_wavs(os.path.join(workdir, "corpus"), n=64,
+                                  sample_rate=config.data.sample_rate, seed=1, seconds=2.0)
+    tokens_dir = os.path.join(workdir, "tokens")
+    print(f"[quickstart] tokenizing {len(corpus)} utterances with the codec -> {tokens_dir}")
+    tokenize(corpus, tokens_dir, tokenizer="codec", codec_workdir=codec_dir, files_per_shard=32)
+    lm_config = tiny_lm_config()
+    lm_config.model.context = 512  # 128 frames x 4 levels: about 1 s of audio
+    lm_config.data.tokens = tokens_dir
+    lm_config.train.update(num_steps=300, checkpoint_every=300, name="quickstart-lm")
+    lm_dir = os.path.join(workdir, "lm")
+    print(f"[quickstart] training a {lm_config.model.num_layers}-layer LM on the flattened "
+          f"tokens for {lm_config.train.num_steps} steps -> {lm_dir}")
+    lm_summary = train_lm(lm_config, lm_dir)
+    continuation = os.path.join(workdir, "continuation.wav")
+    gen = generate_audio(lm_dir, paths[0], 0.5, continuation, temperature=0.8, top_k=50, seed=0)
+    print(json.dumps({"lm_loss": lm_summary["loss"], **gen}))
     print(f"[quickstart] done.\n  codec workdir:   {codec_dir}\n"
           f"  metrics:         {os.path.join(workdir, 'eval.json')}\n"
           f"  reconstructions: {recon_dir}\n"
           f"  samples:         {os.path.join(codec_dir, 'samples')}\n"
-          f"  tensorboard:     tensorboard --logdir {os.path.join(codec_dir, 'tensorboard')}")
+          f"  lm workdir:      {lm_dir}\n"
+          f"  continuation:    {continuation} (prompt: {paths[0]})\n"
+          f"  tensorboard:     tensorboard --logdir {workdir}")
 
 
 COMMANDS = {
@@ -217,6 +301,10 @@ COMMANDS = {
     "train-codec": cmd_train_codec,
     "train-vqvae": cmd_train_vqvae,
     "eval-codec": cmd_eval_codec,
+    "tokenize": cmd_tokenize,
+    "train-lm": cmd_train_lm,
+    "eval-lm": cmd_eval_lm,
+    "generate": cmd_generate,
     "encode": cmd_encode,
     "decode": cmd_decode,
     "reconstruct": cmd_reconstruct,

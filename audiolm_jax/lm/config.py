@@ -28,3 +28,16 @@ def base_lm_config() -> ml_collections.ConfigDict:
         progress=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c
+
+
+def tiny_lm_config() -> ml_collections.ConfigDict:
+    """Seconds-on-a-CPU LM (tests, quickstart): 2 layers x 64 wide, context 256 tokens."""
+    c = base_lm_config()
+    c.train.name = "tiny_lm"
+    c.model.update(num_layers=2, num_heads=4, width=64, context=256, dropout=0.0,
+                   layout="flat", positions="learned")
+    c.tokens.update(num_levels=0)  # 0: every level the token directory has
+    c.optim.update(learning_rate=3e-3, end_learning_rate=3e-4, warmup_steps=20,
+                   weight_decay=0.0)
+    c.train.update(num_steps=200, batch_size=8, checkpoint_every=100, log_every=10)
+    return c

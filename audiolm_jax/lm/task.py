@@ -99,6 +99,11 @@ class LMTask:
     def sequences(self, codes: np.ndarray) -> np.ndarray:
         """[B, S, K, frames] codes -> laid-out token sequences of context + 1 tokens."""
         codes = np.asarray(codes)
+        lo = 1 if self.config.tokens.get("drop_semantic", False) else 0
+        codes = codes[:, :, lo:lo + self.num_levels]  # e.g. the first 8 of 32 Mimi levels
+        if codes.shape[2] != self.num_levels:
+            raise ValueError(f"codes have {codes.shape[2]} levels from level {lo}; the LM "
+                             f"needs {self.num_levels}")
         if self.num_streams == 1:
             codes = codes[:, 0]
         seq = np.asarray(self.pattern.build(codes))

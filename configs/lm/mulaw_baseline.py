@@ -1,0 +1,18 @@
+"""The article's sample-level baseline: mu-law 256-level tokens at 16 kHz (context 2048 =
+128 ms) into a 151.28M GPT-2 (12 layers, 16 heads, width 1024, no biases, tied embeddings).
+
+    audiolm-jax tokenize --tokenizer=mulaw --audio=DIR --out=TOKDIR
+    audiolm-jax train-lm --config=configs/lm/mulaw_baseline.py --workdir=runs/mulaw \
+        --config.data.tokens=TOKDIR
+"""
+
+from audiolm_jax.lm.config import base_lm_config
+
+
+def get_config():
+    c = base_lm_config()
+    c.train.name = "mulaw_baseline"
+    c.model.update(num_layers=12, num_heads=16, width=1024, context=2048, dropout=0.1,
+                   layout="flat", bias=False, tie_embeddings=True)
+    c.tokens.update(num_levels=1, codebook_size=256)
+    return c

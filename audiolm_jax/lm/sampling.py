@@ -138,14 +138,10 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
             tok = jnp.where(f_msk, f_tok, tok)
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[..., None], pos, axis=-1)
 
-        def feed(args):
-            cache, _ = args
-            new_logits, new_cache = decode(tok[..., None], cache, pos)
-            return new_cache, _last(new_logits)
-
-        # The last token is never fed back (it would need a slot past the output).
-        cache, logits = jax.lax.cond(i < num_new - 1, feed, lambda a: a, (cache, logits))
-        return (out, cache, logits), None
+        # Always fed back, even the last token (its slot pos < max_length exists): a
+        # lax.cond here would make XLA copy the whole cache every step.
+        new_logits, cache = decode(tok[..., None], cache, pos)
+        return (out, cache, _last(new_logits)), None
 
     (out, _, _), _ = jax.lax.scan(step, (out, cache, _last(logits)),
                                   jnp.arange(num_new, dtype=jnp.int32))

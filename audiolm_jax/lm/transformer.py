@@ -189,13 +189,15 @@ class CausalSelfAttention(nn.Module):
             mask = jnp.tril(jnp.ones((T, T), dtype=bool))
             new_cache = None
         else:
-            k_cache, v_cache = kv_cache
-            start = (0, index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-            new_cache = (k_cache, v_cache)
-            k, v = k_cache.astype(cfg.dtype), v_cache.astype(cfg.dtype)
-            slots = jnp.arange(k_cache.shape[1])
+            # The stacked cache [L, B, S, H, D] is updated in place at (layer, :, index): one
+            # dynamic_update_slice per tensor, no per-layer copy-out/copy-back of the cache.
+            k_all, v_all, layer = kv_cache
+            start = (layer, 0, index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+            new_cache = (k_all, v_all)
+            k, v = k_all[layer].astype(cfg.dtype), v_all[layer].astype(cfg.dtype)
+            slots = jnp.arange(k_all.shape[2])
             query_slots = index + jnp.arange(T)
             mask = slots[None, :] <= query_slots[:, None]  # [T, S]
 
@@ -353,9 +355,7 @@ class Transformer(nn.Module):
         k_all = nn.with_logical_constraint(cache["k"], CACHE_AXES)
         v_all = nn.with_logical_constraint(cache["v"], CACHE_AXES)
         for i, block in enumerate(self.blocks):
-            x, (k_i, v_i) = block(x, positions, (k_all[i], v_all[i]), index, False)
-            k_all = k_all.at[i].set(k_i)
-            v_all = v_all.at[i].set(v_i)
+            x, (k_all, v_all) = block(x, positions, (k_all, v_all, i), index, False)
         new_cache = {"k": nn.with_logical_constraint(k_all, CACHE_AXES),
                      "v": nn.with_logical_constraint(v_all, CACHE_AXES)}
         return self._logits(x), new_cache

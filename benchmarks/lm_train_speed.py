@@ -1,0 +1,290 @@
+"""Training throughput of our GPT (jitted JAX step) vs a PyTorch eager GPT of the same sizes.
+
+    python benchmarks/lm_train_speed.py [--layers 6 --width 384 --heads 6 --vocab 2048]
+        [--batch 8 --seq 512 --steps 10 --platform cpu|gpu|tpu --dtype float32|bfloat16]
+        [--peak_tflops X] [--xla_flags "..."] [--no_torch]
+
+Both sides: random tokens, next-token cross-entropy, AdamW (lr 3e-4, wd 0.1), same batch and
+sequence length; learned positions, pre-norm blocks, tanh-GELU MLP (4x), tied embeddings,
+biases. Each side is warmed up first (JAX: compile; torch: allocator/first-call costs), then
+``--steps`` steps are timed one by one (JAX: ``block_until_ready``; torch: ``cuda.synchronize``
+on GPU). tokens/s = batch * seq / median step time (the mean is reported too).
+
+Prints one JSON object. If torch is not installed, ``"torch": null``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as _platform
+import statistics
+import time
+
+# Peak dense TFLOP/s by (device-kind substring, dtype), for MFU when --peak_tflops is not given.
+PEAK_TFLOPS = {
+    ("H100", "bfloat16"): 989.0,
+    ("H200", "bfloat16"): 989.0,
+    ("H100", "float32"): 494.5,  # TF32 tensor cores (dense); true fp32 is ~67
+    ("H200", "float32"): 494.5,
+    ("A100", "bfloat16"): 312.0,
+    ("A100", "float32"): 156.0,  # TF32
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side (after compile)")
+    p.add_argument("--platform", choices=("cpu", "gpu", "tpu"), default=None,
+                   help="JAX platform (default: JAX's choice); torch uses cuda for gpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (params stay float32; torch uses autocast for bf16)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="peak FLOP/s of the device in TFLOP/s, for MFU")
+    p.add_argument("--xla_flags", default=None,
+                   help="appended to XLA_FLAGS before JAX is imported")
+    p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- ours (JAX)
+
+
+def bench_ours(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import flax.linen as nn
+
+    from audiolm_jax.lm.transformer import (Transformer, TransformerConfig, flops_per_token,
+                                            init_params, num_params)
+
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    cfg = TransformerConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
+                            width=args.width, context=args.seq, dtype=dtype)
+    model = Transformer(cfg)
+    device = jax.devices()[0]
+    params = nn.meta.unbox(jax.jit(lambda k: init_params(model, k))(jax.random.PRNGKey(0)))
+    params = jax.device_put(params, device)
+    tx = optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
+    opt_state = tx.init(params)
+
+    def loss_fn(p, tokens):
+        logits = model.apply({"params": p}, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    def step(p, o, tokens):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    train_step = jax.jit(step, donate_argnums=(0, 1))
+    # seq + 1 tokens per row: seq inputs, seq targets.
+    tokens = jax.device_put(jnp.asarray(np.random.default_rng(0).integers(
+        0, args.vocab, (args.batch, args.seq + 1), dtype=np.int32)), device)
+
+    t0 = time.perf_counter()
+    params, opt_state, loss = train_step(params, opt_state, tokens)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        params, opt_state, loss = train_step(params, opt_state, tokens)
+    jax.block_until_ready((params, loss))
+
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        params, opt_state, loss = train_step(params, opt_state, tokens)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t0)
+    jax.block_until_ready(params)
+
+    info = {
+        "params": num_params(cfg),
+        "flops_per_token": flops_per_token(cfg, args.seq),
+        "device": f"{device.platform}: {device.device_kind}",
+        "device_kind": device.device_kind,
+        "jax_version": jax.__version__,
+        "compile_plus_first_step_s": round(compile_s, 3),
+        "final_loss": float(loss),
+    }
+    return times, info
+
+
+# ----------------------------------------------------------------------------- torch peer
+
+
+def build_torch_gpt(torch, vocab, layers, width, heads, context):
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(width)
+            self.qkv = nn.Linear(width, 3 * width)
+            self.proj = nn.Linear(width, width)
+            self.ln_2 = nn.LayerNorm(width)
+            self.fc = nn.Linear(width, 4 * width)
+            self.fc_out = nn.Linear(4 * width, width)
+
+        def forward(self, x):
+            B, T, W = x.shape
+            q, k, v = self.qkv(self.ln_1(x)).split(W, dim=-1)
+            q, k, v = (t.view(B, T, heads, W // heads).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(B, T, W))
+            return x + self.fc_out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(vocab, width)
+            self.wpe = nn.Embedding(context, width)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(width)
+            for name, prm in self.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(prm)
+                elif prm.dim() >= 2:
+                    std = 0.02 / (2 * layers) ** 0.5 if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
+                    nn.init.normal_(prm, std=std)
+
+        def forward(self, idx):
+            T = idx.shape[1]
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for blk in self.blocks:
+                x = blk(x)
+            return self.ln_f(x) @ self.wte.weight.t()  # tied LM head
+
+    return GPT()
+
+
+def bench_torch(args):
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    dev = torch.device("cuda" if args.platform == "gpu" and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_torch_gpt(torch, args.vocab, args.layers, args.width, args.heads, args.seq).to(dev)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g).to(dev)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    use_bf16 = args.dtype == "bfloat16"
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, args.vocab),
+                                                 targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    for _ in range(max(1, args.warmup)):
+        step()
+    sync()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    info = {
+        "torch_version": torch.__version__,
+        "torch_device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "torch_threads": torch.get_num_threads(),
+        "torch_params": sum(p.numel() for p in model.parameters()),
+        "final_loss": loss.item(),
+    }
+    return times, info
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def summarize(times, tokens_per_step):
+    med = statistics.median(times)
+    return {"tokens_per_s": round(tokens_per_step / med, 1),
+            "tokens_per_s_mean": round(tokens_per_step * len(times) / sum(times), 1),
+            "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
+            "step_s_max": round(max(times), 4), "steps": len(times)}
+
+
+def peak_for(device_kind, dtype, given):
+    if given is not None:
+        return given
+    for (kind, dt), tf in PEAK_TFLOPS.items():
+        if kind.lower() in device_kind.lower() and dt == dtype:
+            return tf
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.platform is not None:
+        os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(args.platform, args.platform)
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+
+    tokens_per_step = args.batch * args.seq
+    ours_times, info = bench_ours(args)
+    ours = summarize(ours_times, tokens_per_step)
+    ours["compile_plus_first_step_s"] = info.pop("compile_plus_first_step_s")
+    ours["final_loss"] = info.pop("final_loss")
+
+    torch_res = None
+    torch_threads = None
+    if not args.no_torch:
+        torch_times, tinfo = bench_torch(args)
+        if torch_times is not None:
+            torch_res = summarize(torch_times, tokens_per_step)
+            torch_threads = tinfo.pop("torch_threads")
+            torch_res.update(tinfo)
+
+    fpt = info["flops_per_token"]
+    achieved = fpt * ours["tokens_per_s"]
+    peak = peak_for(info["device_kind"], args.dtype, args.peak_tflops)
+    result = {
+        "config": {"layers": args.layers, "width": args.width, "heads": args.heads,
+                   "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
+                   "steps": args.steps, "dtype": args.dtype},
+        "ours_tokens_per_s": ours["tokens_per_s"],
+        "torch_tokens_per_s": None if torch_res is None else torch_res["tokens_per_s"],
+        "ratio_ours_over_torch": (None if torch_res is None
+                                  else round(ours["tokens_per_s"] / torch_res["tokens_per_s"], 3)),
+        "params": info["params"],
+        "flops_per_token": fpt,
+        "achieved_tflops": round(achieved / 1e12, 4),
+        "peak_tflops": peak,
+        "mfu": None if peak is None else round(achieved / (peak * 1e12), 5),
+        "device": info["device"],
+        "host": f"{_platform.machine()} {os.cpu_count()} cpus",
+        "jax_version": info["jax_version"],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "torch_threads": torch_threads,
+        "ours": ours,
+        "torch": torch_res,
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -87,22 +87,10 @@ class LoadedCodec:
 
 def load_codec(workdir: str, step: int | None = None) -> LoadedCodec:
     from audiolm_jax.codec.task import CodecTask
-    from audiolm_jax.train.checkpoint import Checkpointer
-    from audiolm_jax.train.loop import abstract_state
-    from audiolm_jax.train.mesh import make_mesh
+    from audiolm_jax.train.loop import restore_for_inference
 
     config = load_config(workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(ckpt_dir, async_save=False)
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train the codec first")
-    task = CodecTask(config)
-    mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-    with jax.set_mesh(mesh):
-        abstract, _ = abstract_state(task, mesh, jax.random.PRNGKey(0))
-        state = checkpointer.restore(step, abstract)
-    checkpointer.close()
+    state, step = restore_for_inference(CodecTask(config), workdir, step, what="codec")
     return LoadedCodec(config, state.params, state.vq_stats, step)
 
 

@@ -9,12 +9,10 @@ codec's workdir and checkpoint identity, so ``generate`` can turn tokens back in
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
 TOKENS_FILE = "tokens.json"
@@ -90,25 +88,15 @@ class LoadedLM:
     def __init__(self, workdir: str, step: int | None = None):
         from audiolm_jax.codec.inference import load_config
         from audiolm_jax.lm.task import LMTask
-        from audiolm_jax.train.checkpoint import Checkpointer
-        from audiolm_jax.train.loop import abstract_state
-        from audiolm_jax.train.mesh import make_mesh
+        from audiolm_jax.train.loop import restore_for_inference
 
         self.workdir = workdir
         self.config = load_config(workdir)
         with open(os.path.join(workdir, TOKENS_FILE)) as f:
             self.tokens = json.load(f)
         self.task = LMTask(self.config)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-        self.step = step if step is not None else ckpt.latest_step()
-        if self.step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train the LM first")
-        mesh = make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                         jax.devices()[:1])
-        with jax.set_mesh(mesh):
-            abstract, _ = abstract_state(self.task, mesh, jax.random.PRNGKey(0))
-            self.params = ckpt.restore(self.step, abstract).params
-        ckpt.close()
+        state, self.step = restore_for_inference(self.task, workdir, step, what="LM")
+        self.params = state.params
 
 
 def evaluate_lm(workdir: str, tokens_dir: str, batch_size: int = 8, max_batches: int = 50) -> dict:

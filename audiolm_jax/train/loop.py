@@ -83,6 +83,24 @@ def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = Non
     return init(rng), shardings, None
 
 
+def restore_for_inference(task: Task, workdir: str, step: int | None = None,
+                          what: str = "model") -> tuple[Any, int]:
+    """(state, step) of a workdir's latest (or given) checkpoint, on one device."""
+    import ml_collections
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train the {what} first")
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                              jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        abstract, _ = abstract_state(task, mesh, jax.random.PRNGKey(0))
+        state = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    return state, step
+
+
 def _check_finite(step: int, metrics: dict, last_saved: int | None) -> None:
     loss = metrics.get("loss")
     if loss is not None and not np.all(np.isfinite(loss)):

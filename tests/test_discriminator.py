@@ -8,22 +8,7 @@ from audiolm_jax.codec.balancer import balance_gradients, init_balancer_state, p
 from audiolm_jax.codec.discriminator import (MultiScaleSTFTDiscriminator, feature_matching_loss,
                                              hinge_discriminator_loss, hinge_generator_loss)
 from audiolm_jax.layers import count_params
-
-
-def _fast_params(module, x, seed=0):
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "bias":
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        if name == "g":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+from helpers import fast_params as _fast_params
 
 
 def test_discriminator_structure_and_grad():

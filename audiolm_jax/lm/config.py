@@ -41,3 +41,20 @@ def tiny_lm_config() -> ml_collections.ConfigDict:
                    weight_decay=0.0)
     c.train.update(num_steps=200, batch_size=8, checkpoint_every=100, log_every=10)
     return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """``--config=configs/lm/NAME.py:tiny`` shrinks any LM config to a seconds-on-a-CPU model
+    while keeping its layout, streams, token settings and loss weights."""
+    if variant in ("", None):
+        return c
+    if variant != "tiny":
+        raise ValueError(f"unknown config variant {variant!r}; the LM configs know 'tiny'")
+    c.train.name = f"{c.train.name}_tiny"
+    c.model.update(num_layers=2, num_heads=4, width=64, context=256, dropout=0.0)
+    if "depth" in c:
+        c.depth.update(num_layers=1, num_heads=4, width=64)
+    c.optim.update(learning_rate=3e-3, end_learning_rate=3e-4, warmup_steps=20,
+                   weight_decay=0.0)
+    c.train.update(num_steps=200, batch_size=8, checkpoint_every=100, log_every=10)
+    return c

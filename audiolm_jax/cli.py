@@ -34,6 +34,12 @@ flags.DEFINE_float("top_p", 1.0, "generate: nucleus sampling mass.")
 flags.DEFINE_integer("seed", 0, "generate: sampling seed.")
 flags.DEFINE_boolean("keep_semantic", False,
                      "generate: take level 0 from the prompt file through its whole length.")
+flags.DEFINE_string("input_stream", None,
+                    "generate (duplex LM): the user's audio, fed frame by frame as stream 1.")
+flags.DEFINE_integer("num", 64, "make-corpus: number of files to write.")
+flags.DEFINE_enum("kind", "speech", ["speech", "dialogue"],
+                  "make-corpus: mono utterances or stereo two-speaker dialogues.")
+flags.DEFINE_integer("corpus_seed", 0, "make-corpus: corpus seed (same seed, same files).")
 
 USAGE = """usage: audiolm-jax COMMAND [--flags]
 
@@ -47,6 +53,9 @@ commands:
   eval-lm      --workdir=DIR --tokens=TOKDIR     print loss, per-level losses, tokens as JSON
   generate     --workdir=LMDIR --prompt=IN.wav --seconds=S --out=OUT.wav
                [--temperature T --top_k K --top_p P --seed N --keep_semantic]
+               [--input_stream=USER.wav]    duplex LM: the user's side, fed frame by frame
+  make-corpus  --out=DIR [--kind=speech|dialogue --num=N --seconds=S --sample_rate=SR]
+               write the built-in synthetic corpus as WAVs (dialogue: stereo, for duplex)
   encode       --workdir=DIR IN.wav OUT.npy
   decode       --workdir=DIR IN.npy OUT.wav
   reconstruct  --workdir=DIR IN.wav OUT.wav
@@ -74,29 +83,32 @@ def train_codec(config, workdir: str) -> dict:
     import jax
 
     from audiolm_jax.codec.data import eval_clips, make_train_iterator
-    from audiolm_jax.codec.inference import load_config, save_config
+    from audiolm_jax.codec.inference import save_config
     from audiolm_jax.codec.task import CodecTask
-    from audiolm_jax.config_check import ConfigError, check_codec_config
+    from audiolm_jax.config_check import check_codec_config, check_resume_matches
     from audiolm_jax.train.loop import train_loop
 
     check_codec_config(config, jax.device_count())
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        old = load_config(workdir)
-        changed = [f"{section}.{k}" for section in ("model", "quantizer")
-                   for k in sorted(set(old[section]) | set(config[section]))
-                   if json.dumps(old[section].get(k), default=list) != json.dumps(
-                       config[section].get(k), default=list)]
-        if changed:
-            raise ConfigError(f"workdir {workdir!r} holds a codec with different {', '.join(changed)}; "
-                              "use a new --workdir")
+    check_resume_matches(workdir, config, ("model", "quantizer"))
     save_config(config, workdir)
     iterator = make_train_iterator(config)
     task = CodecTask(config, eval_audio=eval_clips(config))
     state, history = train_loop(task, config, workdir, iterator)
     last = history[-1] if history else {}
+    skipped = iterator.skipped.as_dict()
+    if skipped["count"]:
+        logging.warning("Skipped %d malformed items (%d distinct files): %s", skipped["count"],
+                        len(skipped["files"]),
+                        "; ".join(f"{k}: {v}" for k, v in sorted(skipped["files"].items())))
     return {"workdir": workdir, "step": int(jax.device_get(state.step)),
-            "loss": last.get("loss"), "skipped": iterator.skipped.as_dict()}
+            "loss": last.get("loss"), "skipped": skipped}
+
+
+def _model_dir(path: str | None, expected: str, flag: str = "workdir") -> str:
+    """A trained model's folder: it must exist and hold the expected kind of model."""
+    from audiolm_jax.config_check import check_workdir_holds
+
+    return check_workdir_holds(_require(path, flag), expected, f"--{flag}")
 
 
 def _audio_paths(path: str) -> list[str]:
@@ -137,6 +149,8 @@ def cmd_tokenize(argv):
     _positional(argv, [])
     paths = _audio_paths(_require(FLAGS.audio, "audio"))
     out = _require(FLAGS.out, "out")
+    if FLAGS.tokenizer == "codec":
+        _model_dir(FLAGS["codec-workdir"].value, "codec", "codec-workdir")
     print(json.dumps(tokenize(paths, out, tokenizer=FLAGS.tokenizer,
                               codec_workdir=FLAGS["codec-workdir"].value,
                               sample_rate=FLAGS.sample_rate,
@@ -145,19 +159,25 @@ def cmd_tokenize(argv):
 
 
 def cmd_train_lm(argv):
+    import jax
+
+    from audiolm_jax.config_check import check_lm_config, check_resume_matches
     from audiolm_jax.lm.run import train_lm
 
     _positional(argv, [])
     if FLAGS.config is None:
         raise UsageError("--config is required (e.g. --config=configs/lm/article_codec_flat.py)")
-    print(json.dumps(train_lm(FLAGS.config, _require(FLAGS.workdir, "workdir"))))
+    workdir = _require(FLAGS.workdir, "workdir")
+    check_lm_config(FLAGS.config, jax.device_count())
+    check_resume_matches(workdir, FLAGS.config, ("model",))
+    print(json.dumps(train_lm(FLAGS.config, workdir)))
 
 
 def cmd_eval_lm(argv):
     from audiolm_jax.lm.run import evaluate_lm
 
     _positional(argv, [])
-    print(json.dumps(evaluate_lm(_require(FLAGS.workdir, "workdir"),
+    print(json.dumps(evaluate_lm(_model_dir(FLAGS.workdir, "lm"),
                                  _require(FLAGS.tokens, "tokens"))))
 
 
@@ -167,9 +187,27 @@ def cmd_generate(argv):
     _positional(argv, [])
     prompt = _require_file(_require(FLAGS.prompt, "prompt"))
     print(json.dumps(generate_audio(
-        _require(FLAGS.workdir, "workdir"), prompt, FLAGS.seconds, _require(FLAGS.out, "out"),
+        _model_dir(FLAGS.workdir, "lm"), prompt, FLAGS.seconds, _require(FLAGS.out, "out"),
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
-        keep_semantic=FLAGS.keep_semantic)))
+        keep_semantic=FLAGS.keep_semantic,
+        input_stream=_require_file(FLAGS.input_stream) if FLAGS.input_stream else None)))
+
+
+def cmd_make_corpus(argv):
+    from audiolm_jax.data.synthetic import write_synthetic_dialogues, write_synthetic_wavs
+
+    _positional(argv, [])
+    out = _require(FLAGS.out, "out")
+    if FLAGS.num <= 0:
+        raise UsageError(f"--num must be positive, got {FLAGS.num}")
+    if FLAGS.seconds <= 0:
+        raise UsageError(f"--seconds must be positive, got {FLAGS.seconds}")
+    write = write_synthetic_dialogues if FLAGS.kind == "dialogue" else write_synthetic_wavs
+    paths = write(out, FLAGS.num, sample_rate=FLAGS.sample_rate, seed=FLAGS.corpus_seed,
+                  seconds=FLAGS.seconds)
+    print(json.dumps({"out": out, "files": len(paths), "kind": FLAGS.kind,
+                      "channels": 2 if FLAGS.kind == "dialogue" else 1,
+                      "sample_rate": FLAGS.sample_rate, "seconds": FLAGS.seconds}))
 
 
 def cmd_eval_codec(argv):
@@ -177,7 +215,7 @@ def cmd_eval_codec(argv):
 
     _positional(argv, [])
     paths = _audio_paths(_require(FLAGS.audio, "audio"))
-    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    codec = load_codec(_model_dir(FLAGS.workdir, "codec"))
     print(json.dumps(evaluate_files(codec, paths)))
 
 
@@ -200,7 +238,7 @@ def cmd_encode(argv):
 
     src, dst = _positional(argv, ["IN.wav", "OUT.npy"])
     _require_file(src)
-    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    codec = load_codec(_model_dir(FLAGS.workdir, "codec"))
     codes = codec.encode(_load_input_audio(src, codec.sample_rate))
     np.save(dst, codes)
     print(json.dumps({"out": dst, "shape": list(codes.shape), "frame_rate_hz": codec.frame_rate}))
@@ -214,7 +252,7 @@ def cmd_decode(argv):
 
     src, dst = _positional(argv, ["IN.npy", "OUT.wav"])
     _require_file(src)
-    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    codec = load_codec(_model_dir(FLAGS.workdir, "codec"))
     audio = codec.decode(np.load(src))
     save_wav(dst, audio, codec.sample_rate)
     print(json.dumps({"out": dst, "seconds": len(audio) / codec.sample_rate}))
@@ -226,7 +264,7 @@ def cmd_reconstruct(argv):
 
     src, dst = _positional(argv, ["IN.wav", "OUT.wav"])
     _require_file(src)
-    codec = load_codec(_require(FLAGS.workdir, "workdir"))
+    codec = load_codec(_model_dir(FLAGS.workdir, "codec"))
     audio = _load_input_audio(src, codec.sample_rate)
     save_wav(dst, codec.reconstruct(audio, FLAGS.num_levels), codec.sample_rate)
     print(json.dumps({"out": dst, "seconds": len(audio) / codec.sample_rate}))
@@ -298,6 +336,7 @@ def cmd_quickstart(argv):
 
 COMMANDS = {
     "quickstart": cmd_quickstart,
+    "make-corpus": cmd_make_corpus,
     "train-codec": cmd_train_codec,
     "train-vqvae": cmd_train_vqvae,
     "eval-codec": cmd_eval_codec,

@@ -44,8 +44,10 @@ __all__ = [
         "Voice",
         "VOICES",
         "SyntheticSpeechCorpus",
+        "SyntheticDialogueCorpus",
         "synthesize_utterance",
         "write_synthetic_wavs",
+        "write_synthetic_dialogues",
 ]
 
 _SPLITS = {"train": 0, "eval": 1}
@@ -394,5 +396,109 @@ def write_synthetic_wavs(folder: str | os.PathLike, n: int, sample_rate: int = 1
     for i in range(n):
         path = os.path.join(os.fspath(folder), f"synth_{i:05d}.wav")
         save_wav(path, corpus[i]["audio"], sample_rate)
+        paths.append(path)
+    return paths
+
+
+class SyntheticDialogueCorpus:
+    """Deterministic two-speaker conversations for full-duplex (two-stream) modelling.
+
+    Each item is a stereo conversation, one speaker per channel (channel 0 = speaker A, the
+    stream a duplex LM generates; channel 1 = speaker B, the "user"). Speakers take turns of
+    0.6-2.2 s; the gap between turns is drawn from [-0.25, 0.6] s, so turns sometimes overlap
+    (interruptions), and the listener sometimes drops a short backchannel ("mm-hm", 0.15-0.35 s)
+    into the other's turn -- the events a full-duplex model must learn that a turn-based one
+    cannot. Item ``i`` is bit-identical for the same ``(seed, split, i)``.
+
+    Items are ``{'audio': float32 [2, samples], 'voices': (a, b), 'turns': [(channel, start,
+    end), ...] in samples, 'index': int}``.
+    """
+
+    def __init__(self, sample_rate: int = 16000, num_dialogues: int = 128,
+                 seconds: float = 8.0, seed: int = 0, num_voices: int = 8,
+                 split: str = "train"):
+        if split not in _SPLIT_ALIASES:
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if num_dialogues <= 0:
+            raise ValueError("num_dialogues must be positive")
+        if num_voices < 2:
+            raise ValueError("a dialogue needs num_voices >= 2")
+        if sample_rate < 4000:
+            raise ValueError(f"sample_rate too low: {sample_rate}")
+        self.sample_rate = int(sample_rate)
+        self.num_dialogues = int(num_dialogues)
+        self.num_samples = int(round(float(seconds) * self.sample_rate))
+        if self.num_samples <= 0:
+            raise ValueError("seconds must be positive")
+        self.seed, self.num_voices = int(seed), int(num_voices)
+        self.split = _SPLIT_ALIASES[split]
+        self.voices = tuple(get_voice(v, self.num_voices) for v in range(self.num_voices))
+
+    def __len__(self) -> int:
+        return self.num_dialogues
+
+    def voices_of(self, index: int) -> tuple[int, int]:
+        a = int(index) % self.num_voices
+        b = (a + 1 + (int(index) // self.num_voices) % (self.num_voices - 1)) % self.num_voices
+        return a, b
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if index < 0:
+            index += self.num_dialogues
+        if not 0 <= index < self.num_dialogues:
+            raise IndexError(f"index {index} out of range [0, {self.num_dialogues})")
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed, _SPLITS[self.split], index, 0xD1A10]))
+        sr, n = self.sample_rate, self.num_samples
+        voices = self.voices_of(index)
+        out = np.zeros((2, n), np.float32)
+        turns = []
+
+        def place(channel: int, start: int, length: int) -> None:
+            length = min(length, n - start)
+            if length < int(0.05 * sr):
+                return
+            audio = synthesize_utterance(rng, self.voices[voices[channel]], length, sr)
+            out[channel, start:start + length] += audio
+            turns.append((channel, start, start + length))
+
+        speaker = int(rng.integers(2))
+        t = int(rng.uniform(0.0, 0.3) * sr)
+        while t < n:
+            length = int(rng.uniform(0.6, 2.2) * sr)
+            place(speaker, t, length)
+            if rng.random() < 0.3 and length > int(0.8 * sr):  # the listener's backchannel
+                at = t + int(rng.uniform(0.3, 0.7) * length)
+                if at < n:
+                    place(1 - speaker, at, int(rng.uniform(0.15, 0.35) * sr))
+            t = max(0, t + length + int(rng.uniform(-0.25, 0.6) * sr))
+            speaker = 1 - speaker
+        np.clip(out, -1.0, 1.0, out=out)
+        return {"audio": out, "voices": voices, "turns": sorted(turns, key=lambda x: x[1]),
+                "index": index}
+
+    def __repr__(self) -> str:
+        return (f"SyntheticDialogueCorpus(sample_rate={self.sample_rate}, "
+                f"num_dialogues={self.num_dialogues}, "
+                f"seconds={self.num_samples / self.sample_rate}, seed={self.seed}, "
+                f"num_voices={self.num_voices}, split={self.split!r})")
+
+
+def write_synthetic_dialogues(folder: str | os.PathLike, n: int, sample_rate: int = 16000,
+                              seed: int = 0, seconds: float = 8.0, split: str = "train",
+                              num_voices: int = 8) -> list[str]:
+    """Write ``n`` synthetic conversations as stereo 16-bit WAVs (``dialogue_{i:05d}.wav``,
+    channel 0 = speaker A, channel 1 = speaker B); returns their paths. Tokenize them with
+    ``audiolm-jax tokenize --stereo_streams`` for a duplex LM."""
+    from audiolm_jax.data.audio_io import save_wav  # pylint: disable=g-import-not-at-top
+
+    corpus = SyntheticDialogueCorpus(sample_rate=sample_rate, num_dialogues=n, seconds=seconds,
+                                     seed=seed, num_voices=num_voices, split=split)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = os.path.join(os.fspath(folder), f"dialogue_{i:05d}.wav")
+        save_wav(path, corpus[i]["audio"].T, sample_rate)
         paths.append(path)
     return paths

@@ -122,81 +122,217 @@ def evaluate_lm(workdir: str, tokens_dir: str, batch_size: int = 8, max_batches:
 
 # ------------------------------------------------------------------------------ generate
 def _prompt_codes(lm: LoadedLM, audio: np.ndarray):
-    """Audio -> (codes [K_all, F] of the LM's tokenizer, decode function, frame rate)."""
+    """Audio [T] -> (codes [K_all, F] of the LM's tokenizer, decode function, frame rate)."""
     meta = lm.tokens
     if meta["tokenizer"] == "mulaw":
         from audiolm_jax.tokenizers.mulaw import mulaw_decode, mulaw_encode
 
         return (np.asarray(mulaw_encode(audio), np.int32)[None],
                 lambda c: np.asarray(mulaw_decode(c[0]), np.float32), float(meta["sample_rate"]))
-    from audiolm_jax.codec.inference import load_codec
-
-    codec = load_codec(meta["codec"]["workdir"])
+    codec = _codec(lm)
     return codec.encode(audio), codec.decode, codec.frame_rate
+
+
+def _codec(lm: LoadedLM):
+    if getattr(lm, "_codec", None) is None:
+        from audiolm_jax.codec.inference import load_codec
+
+        lm._codec = load_codec(lm.tokens["codec"]["workdir"])
+    return lm._codec
+
+
+def _window_frames(task) -> int:
+    """Codec frames one model context holds (prompt + generated)."""
+    if task.flat:
+        return task.context // task.rows
+    return task.context - int(getattr(task.pattern, "max_delay", 0))
+
+
+def _layout(task, codes: np.ndarray) -> np.ndarray:
+    """[B, S, K, F] codes -> the model's token sequence ([B, L] flat, [B, rows, L] otherwise)."""
+    codes = codes[:, 0] if task.num_streams == 1 else codes
+    seq = np.asarray(task.pattern.build(codes))
+    return seq if task.flat else seq.reshape(seq.shape[0], task.rows, -1)
+
+
+def _unlayout(task, seq: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_layout`: -> [B, S, K, F]."""
+    codes = np.asarray(task.pattern.revert(seq))
+    return codes[:, None] if task.num_streams == 1 else codes
+
+
+def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np.ndarray,
+                   mask: np.ndarray, rng, sampling: dict) -> np.ndarray:
+    """One context window: prompt codes [S, K, P] + ``new_frames`` sampled frames, with the
+    frame-space forcing (``forced``/``mask`` [S, K, P + new_frames]: e.g. the user's stream in
+    duplex, level 0 with --keep_semantic) applied inside the compiled sampler, so forced
+    tokens condition everything sampled after them. Returns codes [S, K, P + new_frames]."""
+    from audiolm_jax.lm.sampling import delay_special_mask, generate
+
+    K_all = task.rows
+    P, F = prompt.shape[-1], prompt.shape[-1] + new_frames
+    full = np.zeros(prompt.shape[:-1] + (F,), np.int32)
+    full[..., :P] = prompt
+    full = np.where(mask, forced, full)
+    # The prompt is given, all of it: in a delayed layout its last frames' delayed levels sit
+    # past the prompt steps, where they would otherwise be sampled.
+    mask = mask.copy()
+    mask[..., :P] = True
+    seq_codes = _layout(task, full[None])
+    # The mask in sequence space: build(mask) - build(zeros) is the mask on real slots and 0 on
+    # special slots and cancels flat level offsets.
+    seq_mask = (_layout(task, mask[None].astype(np.int32))
+                - _layout(task, np.zeros_like(mask[None], np.int32))) == 1
+    if task.flat:
+        num_new = new_frames * K_all
+        prompt_seq = seq_codes[..., : P * K_all]
+        allowed = task.vocab_size
+    else:
+        delay = int(getattr(task.pattern, "max_delay", 0))
+        num_new = new_frames + delay
+        prompt_seq = seq_codes[..., :P]
+        allowed = int(task.config.tokens.codebook_size)
+        if delay:
+            inner = getattr(task.pattern, "inner", task.pattern)
+            f, m = delay_special_mask(inner, seq_codes.shape[-1], include_tail=True)
+            seq_codes = np.where(m[None], f[None], seq_codes)
+            seq_mask = seq_mask | m[None]
+    if task.config.model.layout == "depth":
+        from audiolm_jax.lm.depth_sampling import generate_depth
+
+        tokens = generate_depth(task.model, params, prompt_seq, num_new, rng, forced=seq_codes,
+                                forced_mask=seq_mask, **sampling)
+    else:
+        tokens = generate(task.model, params, prompt_seq, num_new, rng,
+                          forced=seq_codes if seq_mask.any() else None,
+                          forced_mask=seq_mask if seq_mask.any() else None,
+                          allowed_vocab=allowed, **sampling)
+    return _unlayout(task, np.asarray(tokens))[0]
+
+
+def sample_frames(task, params, prompt: np.ndarray, new_frames: int, rng, *,
+                  forced: np.ndarray | None = None, mask: np.ndarray | None = None,
+                  window_frames: int | None = None, keep_fraction: float = 0.75,
+                  **sampling) -> np.ndarray:
+    """Continue prompt codes [S, K, P] by ``new_frames`` frames, past the model's context
+    with a sliding window: each window re-lays out the last ``keep_fraction`` of a context
+    (so every window starts the way training windows do) and samples the rest. The steady
+    state is one compiled shape. Returns codes [S, K, P + new_frames]."""
+    S, K, P = prompt.shape
+    total = P + new_frames
+    window = window_frames or _window_frames(task)
+    if forced is None:
+        forced = np.zeros((S, K, total), np.int32)
+        mask = np.zeros((S, K, total), bool)
+    if P + new_frames <= window:
+        return _sample_window(task, params, prompt, new_frames, forced, mask, rng, sampling)
+    keep = min(max(1, int(window * keep_fraction)), window - 1)
+    chunk = window - keep
+    out = np.zeros((S, K, total + chunk), np.int32)  # + chunk: the last window may overrun
+    out[..., :P] = np.where(mask[..., :P], forced[..., :P], prompt)  # forcing wins, as in generate
+    forced = np.concatenate([forced, np.zeros((S, K, chunk), np.int32)], -1)
+    mask = np.concatenate([mask, np.zeros((S, K, chunk), bool)], -1)
+    pos, i = P, 0
+    while pos < total:
+        start = max(0, pos - keep)
+        n = window - (pos - start)
+        got = _sample_window(task, params, out[..., start:pos], n, forced[..., start:pos + n],
+                             mask[..., start:pos + n], jax.random.fold_in(rng, i), sampling)
+        out[..., pos:pos + n] = got[..., pos - start:]
+        pos, i = pos + n, i + 1
+    return out[..., :total]
+
+
+def _load_prompt_channels(path: str, sample_rate: int, streams: int) -> list[np.ndarray]:
+    """A one-stream LM takes any prompt (mixed to mono); a duplex LM takes a stereo prompt as
+    both streams' past (channel 0 = the generated stream) or a mono one as stream 0's."""
+    from audiolm_jax.data.audio_io import load_audio
+
+    if streams == 1:
+        return [load_audio(path, sample_rate)]
+    import soundfile as sf
+
+    try:
+        channels = sf.info(path).channels
+    except Exception:  # pylint: disable=broad-except -- load_audio names the problem
+        channels = 1
+    if channels == 2:
+        from audiolm_jax.lm.tokens import _load_channels
+
+        return list(_load_channels(path, sample_rate))
+    return [load_audio(path, sample_rate)]
+
+
+def _silence_codes(lm: LoadedLM, sample_rate: int, frame_rate: float, levels: int) -> np.ndarray:
+    n = int(round(sample_rate / frame_rate)) * 2
+    return _prompt_codes(lm, np.zeros(n, np.float32))[0][:levels]
 
 
 def generate_audio(workdir: str, prompt_path: str, seconds: float, out_path: str, *,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                   keep_semantic: bool = False) -> dict:
-    """Prompt WAV -> tokens -> compiled KV-cache sampling -> tokens -> WAV."""
+                   keep_semantic: bool = False, input_stream: str | None = None) -> dict:
+    """Prompt WAV -> tokens -> compiled KV-cache sampling -> tokens -> WAV.
+
+    Longer than the model's context: a sliding window (see :func:`sample_frames`).
+    Two-stream (duplex) LMs: stream 0 is generated; ``input_stream`` (a WAV) supplies stream 1
+    (the user) frame by frame through the whole length, as a live full-duplex conversation
+    would; without it the model plays both sides. A stereo prompt gives both streams' past.
+    The output WAV is stereo for duplex LMs (channel 0 = generated stream, 1 = the user).
+    """
     from audiolm_jax.data.audio_io import load_audio, save_wav
-    from audiolm_jax.lm.sampling import delay_special_mask, generate
 
     lm = LoadedLM(workdir)
     task, meta = lm.task, lm.tokens
-    if task.num_streams != 1:
-        raise ValueError("two-stream (duplex) generation is not built yet")
+    S, K = task.num_streams, task.num_levels
     if lm.config.tokens.drop_semantic:
         raise ValueError("an LM trained without the semantic level cannot be decoded to audio")
+    if input_stream is not None and S != 2:
+        raise ValueError("--input_stream needs a two-stream (duplex) LM; this LM has "
+                         f"{S} stream(s)")
+    if seconds <= 0:
+        raise ValueError(f"--seconds must be positive, got {seconds}")
     sr = int(meta["sample_rate"])
-    audio = load_audio(prompt_path, sr)
-    all_codes, decode, frame_rate = _prompt_codes(lm, audio)
-    K = task.num_levels
-    codes = all_codes[:K]
+    channels = _load_prompt_channels(prompt_path, sr, S)
+    full, decode, frame_rate = [], None, None
+    for audio in channels:
+        c, decode, frame_rate = _prompt_codes(lm, audio)
+        full.append(c[:K])
+    F = min(c.shape[1] for c in full)
     new_frames = max(1, int(round(seconds * frame_rate)))
-    per_frame = K if task.flat else 1
-    delay = int(getattr(task.pattern, "max_delay", 0))
-    budget = task.context // per_frame - delay
-    if new_frames >= budget:
-        raise ValueError(f"--seconds={seconds} needs {new_frames} frames; this LM's context "
-                         f"holds at most {budget - 1} new frames ({(budget - 1) / frame_rate:.2f} s)")
-    prompt_frames = max(1, min(codes.shape[1], budget - new_frames))
-    start = codes.shape[1] - prompt_frames
-    prompt_codes = codes[:, start:]
-    total_frames = prompt_frames + new_frames
-    if task.flat:
-        prompt = np.asarray(task.pattern.build(prompt_codes[None]))
-        num_new = new_frames * K
-        allowed = task.vocab_size
-    else:
-        prompt = np.asarray(task.pattern.build(prompt_codes[None]))[..., :prompt_frames]
-        num_new = new_frames + delay
-        allowed = int(lm.config.tokens.codebook_size)
-    total = prompt.shape[-1] + num_new
-    forced = np.zeros(prompt.shape[:-1] + (total,), np.int32)
-    mask = np.zeros(forced.shape, bool)
-    if not task.flat and delay:
-        f, m = delay_special_mask(task.pattern, total, include_tail=True)
-        forced[0], mask[0] = np.asarray(f), np.asarray(m)
-    if keep_semantic:  # level 0 comes from the prompt file through its whole length
-        level0 = codes[0, start:start + total_frames]
-        n = len(level0)
-        if task.flat:
-            forced[0, 0:n * K:K], mask[0, 0:n * K:K] = level0, True
-        else:
-            forced[0, 0, :n], mask[0, 0, :n] = level0, True
-    tokens = generate(task.model, lm.params, prompt, num_new, jax.random.PRNGKey(seed),
-                      temperature=temperature, top_k=top_k, top_p=top_p,
-                      forced=forced if mask.any() else None,
-                      forced_mask=mask if mask.any() else None, allowed_vocab=allowed)
-    tokens = np.asarray(tokens)
-    if task.flat:
-        out_codes = np.asarray(task.pattern.revert(tokens[:, : total_frames * K]))[0]
-    else:
-        out_codes = np.asarray(task.pattern.revert(tokens))[0]
+    end = F
+    if keep_semantic:  # re-voice the file's last --seconds: level 0 stays the file's
+        end = F - new_frames
+        if end < 1:
+            raise ValueError(f"--keep_semantic re-generates the prompt file's last --seconds; "
+                             f"{prompt_path!r} is only {F / frame_rate:.2f} s long")
+    window = _window_frames(task)
+    prompt_frames = end if end < window else max(1, window * 3 // 4)
+    start = end - prompt_frames
+    total = prompt_frames + new_frames
+    prompt = np.zeros((S, K, prompt_frames), np.int32)
+    for s_, c in enumerate(full):
+        prompt[s_] = c[:, start:end]
+    forced = np.zeros((S, K, total), np.int32)
+    mask = np.zeros((S, K, total), bool)
+    if S == 2 and len(full) == 1 and input_stream is None:
+        prompt[1] = _silence_codes(lm, sr, frame_rate, K)[:, :1]  # no user past: silence
+    if keep_semantic:
+        forced[0, 0], mask[0, 0] = full[0][0, start:start + total], True
+    if input_stream is not None:
+        user = _prompt_codes(lm, load_audio(input_stream, sr))[0][:K]
+        n = min(total, user.shape[1])
+        forced[1, :, :n], mask[1, :, :n] = user[:, :n], True
+        if n < total:  # the user went quiet: silence's codes, not the model's guess
+            forced[1, :, n:], mask[1, :, n:] = _silence_codes(lm, sr, frame_rate, K)[:, :1], True
+    out_codes = sample_frames(task, lm.params, prompt, new_frames, jax.random.PRNGKey(seed),
+                              forced=forced, mask=mask, temperature=temperature, top_k=top_k,
+                              top_p=top_p)
     out_codes = np.clip(out_codes, 0, int(lm.config.tokens.codebook_size) - 1)
-    wav = decode(out_codes)
+    wavs = [decode(out_codes[s]) for s in range(S)]
+    wav = wavs[0] if S == 1 else np.stack(wavs, axis=-1)
     save_wav(out_path, wav, sr)
     return {"out": out_path, "prompt_seconds": prompt_frames / frame_rate,
-            "generated_seconds": new_frames / frame_rate, "frames": int(out_codes.shape[1]),
-            "levels": K, "keep_semantic": keep_semantic}
+            "generated_seconds": new_frames / frame_rate, "frames": int(out_codes.shape[-1]),
+            "levels": K, "streams": S, "context_frames": window,
+            "sliding_window": total > window, "keep_semantic": keep_semantic,
+            "input_stream": input_stream}

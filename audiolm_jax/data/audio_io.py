@@ -4,7 +4,8 @@
 libsndfile >= 1.1, mp3), falling back to librosa/audioread for anything
 soundfile cannot open that is not a wav/flac/ogg file. The result is always a
 finite float32 mono array at the requested sample rate; anything else raises
-:class:`AudioDecodeError`, whose message names the file.
+:class:`AudioDecodeError`, whose message names the file. ``audio_frames`` reads
+only the header, so long files can be loaded a window at a time.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ import warnings
 import numpy as np
 import soundfile as sf
 
-__all__ = ["AUDIO_EXTENSIONS", "AudioDecodeError", "load_audio", "save_wav"]
+__all__ = ["AUDIO_EXTENSIONS", "MAX_ABS_SAMPLE", "AudioDecodeError", "audio_frames", "load_audio",
+           "save_wav"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 # Formats libsndfile reads natively; a soundfile error on these is final.
 _SNDFILE_ONLY = (".wav", ".flac", ".ogg")
+
+# Float files may overshoot full scale a little; samples beyond +24 dBFS are corrupt data
+# (e.g. integer PCM mislabelled as float), which would blow up a training loss.
+MAX_ABS_SAMPLE = 16.0
 
 
 class AudioDecodeError(ValueError):
@@ -62,11 +68,21 @@ def _check_wav_truncation(path: str) -> None:
             pos += 8 + chunk_size + (chunk_size & 1)
 
 
-def _decode(path: str) -> tuple[np.ndarray, int]:
-    """Returns (float32 [frames, channels], sample_rate)."""
+def audio_frames(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(frames, sample_rate) from the file's header, or None if libsndfile cannot tell."""
+    try:
+        info = sf.info(os.fspath(path))
+    except Exception:  # pylint: disable=broad-except -- load_audio reports the real problem
+        return None
+    return (int(info.frames), int(info.samplerate)) if info.frames > 0 else None
+
+
+def _decode(path: str, start: int = 0, frames: int | None = None) -> tuple[np.ndarray, int]:
+    """Returns (float32 [frames, channels], sample_rate) of file frames [start, start + frames)."""
     ext = os.path.splitext(path)[1].lower()
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        data, sr = sf.read(path, start=start, frames=-1 if frames is None else frames,
+                           dtype="float32", always_2d=True)
         return data, int(sr)
     except Exception as e:  # pylint: disable=broad-except
         sf_error = e
@@ -83,19 +99,23 @@ def _decode(path: str) -> tuple[np.ndarray, int]:
             path, f"not a readable audio file (soundfile: {sf_error}; audioread: {e!r})") from e
     y = np.asarray(y, np.float32)
     data = y[:, None] if y.ndim == 1 else y.T  # librosa gives [channels, frames]
-    return data, int(sr)
+    # This fallback decodes the whole file; only libsndfile formats are read by window.
+    return data[start:None if frames is None else start + frames], int(sr)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int | None) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int | None, *, start: int = 0,
+               frames: int | None = None) -> np.ndarray:
     """Decodes ``path`` to float32 mono samples at ``sample_rate``.
 
     Channels are averaged to mono; audio is resampled with
     ``librosa.resample`` (soxr_hq) when the file's rate differs. With
-    ``sample_rate=None`` the file's own rate is kept.
+    ``sample_rate=None`` the file's own rate is kept. ``start``/``frames``
+    select a window in the file's own frames (default: the whole file).
 
     Raises:
-      AudioDecodeError: missing, empty, corrupt/truncated, non-audio, zero-length
-        or non-finite (NaN/Inf) files. The message names the file.
+      AudioDecodeError: missing, empty, corrupt/truncated, non-audio, zero-length,
+        non-finite (NaN/Inf) or wildly out-of-range (peak > ``MAX_ABS_SAMPLE``)
+        files. The message names the file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -109,13 +129,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None) -> np.ndarray:
             _check_wav_truncation(path)
         except (OSError, struct.error) as e:
             raise AudioDecodeError(path, f"unreadable WAV header ({e})") from e
-    data, sr = _decode(path)
+    data, sr = _decode(path, int(start), None if frames is None else int(frames))
     if data.size == 0 or data.shape[0] == 0:
         raise AudioDecodeError(path, "contains no audio samples")
     audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.all(np.isfinite(audio)):
+    peak = float(np.max(np.abs(audio)))  # NaN/Inf propagate: one pass for the common case
+    if not np.isfinite(peak):
         bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))
         raise AudioDecodeError(path, f"contains {bad} non-finite (NaN/Inf) samples")
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioDecodeError(path, f"samples far outside [-1, 1] (peak {peak:.3g}); "
+                                     "corrupt or mislabelled float data")
     if sample_rate is not None and int(sample_rate) != sr:
         import librosa  # pylint: disable=g-import-not-at-top
 

@@ -15,6 +15,10 @@ Every source returns dicts with at least ``audio`` (float32 [samples] at the
 requested rate) and ``index``. A malformed file in a folder does not raise:
 its item carries ``audio`` of length 0 and an ``error`` string, and a warning
 naming the file is logged once, so the pipeline can skip and count it.
+
+A folder file longer than ``segment_seconds`` (default 60 s) becomes several
+items, one per equal segment, each read on its own: an hour-long recording costs
+a minute's memory per load and is sampled in proportion to its length.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from audiolm_jax.data.audio_io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
+from audiolm_jax.data.audio_io import (AUDIO_EXTENSIONS, AudioDecodeError, audio_frames,
+                                       load_audio)
 from audiolm_jax.data.synthetic import SyntheticSpeechCorpus
 
 __all__ = [
@@ -39,6 +44,10 @@ __all__ = [
 ]
 
 _EVAL_DIRS = ("eval", "valid", "validation", "dev", "test")
+
+# Only files at least this big have their header read to find their length: smaller ones
+# decode to a few minutes at most, and most corpora are many small files.
+_SEGMENT_PROBE_BYTES = 1 << 20
 
 
 def find_audio_files(folder: str | os.PathLike,
@@ -63,15 +72,24 @@ def find_audio_files(folder: str | os.PathLike,
 class FolderSource:
     """Audio files in a folder tree as a random-access source.
 
-    Items: ``{'audio': float32 [samples], 'index': int, 'path': str}``; for an
-    undecodable file ``audio`` is empty and ``'error'`` holds the reason.
-    ``bad_files`` maps each failed path to its reason (this process only).
+    Items: ``{'audio': float32 [samples], 'index': int, 'path': str}``, plus
+    ``'segment': (first_frame, frames)`` (in the file's own frames) for a piece
+    of a long file; for an undecodable file ``audio`` is empty and ``'error'``
+    holds the reason. ``paths`` lists the files, ``segments`` the items as
+    ``(path, first_frame, frames or None)``; ``bad_files`` maps each failed path
+    to its reason (this process only).
+
+    ``segment_seconds`` (None: off) splits files longer than that into equal
+    segments of at most that length, so no load decodes more than it.
     """
 
     def __init__(self, folder: str | os.PathLike, sample_rate: int,
-                 extensions: tuple[str, ...] = AUDIO_EXTENSIONS):
+                 extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+                 segment_seconds: float | None = 60.0):
         self.folder = os.fspath(folder)
         self.sample_rate = int(sample_rate)
+        if segment_seconds is not None and segment_seconds <= 0:
+            raise ValueError(f"segment_seconds must be positive or None, got {segment_seconds}")
         if not os.path.isdir(self.folder):
             raise ValueError(f"audio folder {self.folder!r} does not exist or is not a directory")
         self.paths = find_audio_files(self.folder, extensions)
@@ -79,17 +97,18 @@ class FolderSource:
             raise ValueError(
                 f"audio folder {self.folder!r} contains no audio files "
                 f"(searched recursively for {', '.join(extensions)})")
+        self.segments = [seg for path in self.paths for seg in _split(path, segment_seconds)]
         self.bad_files: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.segments)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
-        path = self.paths[index]
+        path, first, frames = self.segments[index]
         try:
-            audio = load_audio(path, self.sample_rate)
+            audio = load_audio(path, self.sample_rate, start=first, frames=frames)
         except AudioDecodeError as e:
             self._note_bad(path, e.reason)
             return {"audio": np.zeros((0,), np.float32), "index": index, "path": path,
@@ -99,7 +118,10 @@ class FolderSource:
             self._note_bad(path, reason)
             return {"audio": np.zeros((0,), np.float32), "index": index, "path": path,
                     "error": f"cannot decode audio file {path!r}: {reason}"}
-        return {"audio": audio, "index": index, "path": path}
+        item = {"audio": audio, "index": index, "path": path}
+        if frames is not None:
+            item["segment"] = (first, frames)
+        return item
 
     def _note_bad(self, path: str, reason: str) -> None:
         with self._lock:
@@ -118,7 +140,30 @@ class FolderSource:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"FolderSource({self.folder!r}, sample_rate={self.sample_rate}, files={len(self)})"
+        return (f"FolderSource({self.folder!r}, sample_rate={self.sample_rate}, "
+                f"files={len(self.paths)}, items={len(self)})")
+
+
+def _split(path: str, segment_seconds: float | None) -> list[tuple[str, int, int | None]]:
+    """``[(path, first_frame, frames)]``: equal segments of at most ``segment_seconds``
+    (so none is a short tail), or ``[(path, 0, None)]`` for the whole file."""
+    whole = [(path, 0, None)]
+    if segment_seconds is None:
+        return whole
+    try:
+        if os.path.getsize(path) < _SEGMENT_PROBE_BYTES:
+            return whole
+    except OSError:
+        return whole  # load_audio names the problem when the item is read
+    header = audio_frames(path)
+    if header is None:
+        return whole
+    total, rate = header
+    count = -(-total // max(1, int(segment_seconds * rate)))
+    if count <= 1:
+        return whole
+    bounds = [total * k // count for k in range(count + 1)]
+    return [(path, lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def _to_float(audio: np.ndarray) -> np.ndarray:

@@ -19,7 +19,11 @@ Token directory format (``format: 1``)
      "num_files": int,            # audio files given (sorted) before skipping
      "files_per_shard": int,
      "num_shards": int,
-     "shard_files": ["shard_00000-of-0000N.npz", ...]}
+     "shard_files": ["shard_00000-of-0000N.npz", ...],
+     "skipped": {"count": int, "files": {path: reason}}}   # malformed files left out
+
+``skipped`` is updated by each process after its shards (with several processes
+writing at once, a shard's own ``skipped`` array is the authoritative record).
 
 ``TOKDIR/shard_{i:05d}-of-{n:05d}.npz`` (uncompressed ``np.savez``) holds the
 tokens of sorted input files ``[i * files_per_shard, (i + 1) * files_per_shard)``:
@@ -194,8 +198,9 @@ def tokenize_corpus(
       codec_workdir: recorded in the metadata (defaults to ``codec.workdir``).
 
     Returns:
-      ``{'num_files', 'skipped_files': [paths], 'shards_written': [indices],
-      'shards_skipped': [indices already present]}`` for this process's shards.
+      ``{'num_files', 'skipped_files': [paths], 'skip_reasons': {path: reason},
+      'shards_written': [indices], 'shards_skipped': [indices already present]}``
+      for this process's shards.
     """
     from audiolm_jax.data.audio_io import AudioDecodeError
     from audiolm_jax.tokenizers.mulaw import mulaw_encode
@@ -244,6 +249,7 @@ def tokenize_corpus(
         "files_per_shard": int(files_per_shard),
         "num_shards": num_shards,
         "shard_files": shard_files,
+        "skipped": {"count": 0, "files": {}},
     }
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, METADATA_FILE)
@@ -256,6 +262,7 @@ def tokenize_corpus(
 
     dtype = _token_dtype(codebook_size)
     skipped_all, written, already = [], [], []
+    reasons: dict[str, str] = {}
     for i in range(process_index, num_shards, process_count):
         shard_path = os.path.join(out_dir, shard_files[i])
         if os.path.exists(shard_path):
@@ -267,8 +274,9 @@ def tokenize_corpus(
             try:
                 streams = _load_streams(path, sr, stereo_streams)
             except AudioDecodeError as e:
-                warnings.warn(f"skipping malformed audio file {path!r}: {e}")
+                warnings.warn(f"skipping malformed audio file {path!r}: {e.reason}")
                 skipped.append(path)
+                reasons[path] = e.reason
                 continue
             codes = np.stack([encode(s) for s in streams])  # [S, K, frames]
             if codes.shape[1] != num_levels:
@@ -288,8 +296,23 @@ def tokenize_corpus(
         _atomic_write(shard_path, lambda f: np.savez(f, **arrays))
         written.append(i)
         skipped_all.extend(skipped)
-    return {"num_files": len(paths), "skipped_files": skipped_all,
+    if reasons:
+        _record_skips(meta_path, reasons)
+    return {"num_files": len(paths), "skipped_files": skipped_all, "skip_reasons": reasons,
             "shards_written": written, "shards_skipped": already}
+
+
+def _record_skips(meta_path: str, reasons: dict[str, str]) -> None:
+    """Merges this run's skipped files into metadata.json (kept across resumed runs)."""
+    if not os.path.exists(meta_path):
+        return  # another process writes it; the shards' own ``skipped`` arrays still hold them
+    with open(meta_path) as f:
+        metadata = json.load(f)
+    files = dict(metadata.get("skipped", {}).get("files", {}))
+    files.update(reasons)
+    metadata["skipped"] = {"count": len(files), "files": dict(sorted(files.items()))}
+    text = json.dumps(metadata, indent=2).encode()
+    _atomic_write(meta_path, lambda f: f.write(text))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -452,10 +475,12 @@ def _check_split(split: str, eval_fraction: float) -> None:
 class WindowIterator:
     """Infinite iterator of ``{'codes': int32 [batch, S, K, frames]}`` random windows.
 
-    Batch ``n`` draws its windows with ``np.random.default_rng([seed, n,
-    shard_index])`` among the valid window starts ``g`` (numbered globally over
-    all shards) with ``g % shard_count == shard_index``, so processes with
-    different ``shard_index`` never share a window start. ``get_state()`` is
+    Batch ``n`` of the *global* batch (``batch_size * shard_count`` windows) is
+    drawn with ``np.random.default_rng([seed, n])`` among all valid window
+    starts (numbered globally over all shards); process ``shard_index`` reads
+    only rows ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of
+    it. So the global batch is the same whatever the process count, and each
+    process loads only its own windows. ``get_state()`` is
     ``{'step': n, 'seed', 'shard_index', 'shard_count'}`` (JSON-serialisable);
     ``set_state`` resumes exactly.
     """
@@ -482,12 +507,11 @@ class WindowIterator:
         self._lows = np.asarray(lows, np.int64)
         self._ends = np.cumsum(np.asarray(counts, np.int64))  # global start index ends
         total = int(self._ends[-1]) if len(self._ends) else 0
-        # Global starts g = shard_index + j * shard_count, j in [0, num_local).
-        self.num_windows = max(0, -(-(total - self.shard_index) // self.shard_count))
+        self.num_windows = total
         if self.num_windows == 0:
             raise ValueError(
-                f"{token_dir.path!r} has no {split} window of {frames} frames for shard "
-                f"{shard_index}/{shard_count} (shard frames: {token_dir.shard_frames}, "
+                f"{token_dir.path!r} has no {split} window of {frames} frames "
+                f"(shard frames: {token_dir.shard_frames}, "
                 f"eval_fraction={eval_fraction})")
 
     def __iter__(self) -> "WindowIterator":
@@ -500,9 +524,10 @@ class WindowIterator:
         return self.token_dir.shards[s].tokens[:, :, start:start + self.frames]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.step, self.shard_index])
-        j = rng.integers(0, self.num_windows, size=self.batch_size)
-        codes = np.stack([self._window(int(x) * self.shard_count + self.shard_index) for x in j])
+        rng = np.random.default_rng([self.seed, self.step])
+        starts = rng.integers(0, self.num_windows, size=self.batch_size * self.shard_count)
+        mine = starts[self.shard_index * self.batch_size:(self.shard_index + 1) * self.batch_size]
+        codes = np.stack([self._window(int(g)) for g in mine])
         self.step += 1
         return {"codes": codes.astype(np.int32)}
 

@@ -38,11 +38,13 @@ Parameter tree (``B`` = bias, present only when ``config.bias``)::
     ln_f      scale, bias(B)              ('embed',)
     lm_head   [width, vocab]              ('embed', 'vocab')            untied, K == 1
               [K, width, vocab]           ('levels', 'embed', 'vocab')  K > 1
+              (none with ``output_head=False``: ``features``/``decode_features`` return
+              the final-normalised hidden states for another module to read)
 
 KV-cache decoding is a pure function of (params, cache, tokens, index)::
 
     model = Transformer(cfg)
-    cache = model.init_cache(batch_size, max_length)          # {'k', 'v'}: [L, B, S, H, D]
+    cache = model.init_cache(batch_size, max_length)          # {'k', 'v'}: L x [B, H, S, D]
     logits, cache = model.apply({'params': params}, prompt, cache, 0,
                                 method=Transformer.decode)     # prefill, P tokens at 0..P-1
     logits, cache = model.apply({'params': params}, next_tok, cache, P,
@@ -68,11 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-Cache = dict  # {'k': [layers, batch, max_length, heads, head_dim], 'v': same}
+Cache = dict  # {'k': (one [batch, heads, max_length, head_dim] per layer), 'v': same}
 
 # Logical names of the residual stream, the logits and the KV cache.
 ACTIVATION_AXES = ("batch", "length", "embed")
-CACHE_AXES = (None, "batch", "length", "heads", "kv")
+CACHE_AXES = ("batch", "heads", "length", "kv")  # each layer's k or v
 
 _POSITIONS = ("learned", "rope")
 
@@ -94,6 +96,9 @@ class TransformerConfig:
     num_levels: int = 1
     bias: bool = True
     layer_norm_eps: float = 1e-5
+    # False: no LM head, only ``features``/``decode_features`` (a trunk whose hidden states
+    # another module reads, e.g. the temporal transformer of the depth LM).
+    output_head: bool = True
 
     def __post_init__(self):
         if self.width % self.num_heads:
@@ -116,7 +121,7 @@ class TransformerConfig:
     @property
     def tied(self) -> bool:
         """Whether the LM head reuses the token embedding (one level only)."""
-        return self.tie_embeddings and self.num_levels == 1
+        return self.tie_embeddings and self.num_levels == 1 and self.output_head
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -189,24 +194,30 @@ class CausalSelfAttention(nn.Module):
             mask = jnp.tril(jnp.ones((T, T), dtype=bool))
             new_cache = None
         else:
-            # The stacked cache [L, B, S, H, D] is updated in place at (layer, :, index): one
-            # dynamic_update_slice per tensor, no per-layer copy-out/copy-back of the cache.
+            # One array per layer, [B, H, S, D]: written in place with one dynamic_update_slice
+            # and read by the attention dots as is. (A stacked [L, ...] cache made XLA copy the
+            # layer's slice out every step, and an [.., S, H, D] layout made it transpose it:
+            # both a whole-layer copy per token, which halved batch-8 sampling speed.)
             k_all, v_all, layer = kv_cache
-            start = (layer, 0, index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+            k_all, v_all = list(k_all), list(v_all)
+            start = (0, 0, index, 0)
+            k_all[layer] = jax.lax.dynamic_update_slice(
+                k_all[layer], k.transpose(0, 2, 1, 3).astype(k_all[layer].dtype), start)
+            v_all[layer] = jax.lax.dynamic_update_slice(
+                v_all[layer], v.transpose(0, 2, 1, 3).astype(v_all[layer].dtype), start)
             new_cache = (k_all, v_all)
             k, v = k_all[layer].astype(cfg.dtype), v_all[layer].astype(cfg.dtype)
-            slots = jnp.arange(k_all.shape[2])
+            slots = jnp.arange(k.shape[2])
             query_slots = index + jnp.arange(T)
             mask = slots[None, :] <= query_slots[:, None]  # [T, S]
 
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        kv_layout = "bshd" if kv_cache is None else "bhsd"
+        scores = jnp.einsum(f"bthd,{kv_layout}->bhts", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(D)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
-        y = jnp.einsum("bhts,bshd->bthd", probs.astype(cfg.dtype), v)
+        y = jnp.einsum(f"bhts,{kv_layout}->bthd", probs.astype(cfg.dtype), v)
         y = nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         out_w = _param(self, "out_kernel", (H, D, W), ("heads", "kv", "embed"),
@@ -272,7 +283,7 @@ class Transformer(nn.Module):
         block = nn.remat(Block, static_argnums=(5,)) if cfg.remat else Block
         self.blocks = [block(cfg) for _ in range(cfg.num_layers)]
         self.ln_f = _layer_norm(cfg)
-        if not cfg.tied:
+        if cfg.output_head and not cfg.tied:
             if K == 1:
                 self.lm_head = _param(self, "lm_head", (W, V), ("embed", "vocab"), _normal(0.02))
             else:
@@ -305,8 +316,11 @@ class Transformer(nn.Module):
         return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
     def _logits(self, x):
+        """Logits of final-normalised hidden states x [B, T, W]."""
         cfg = self.config
-        x = self.ln_f(x)
+        if not cfg.output_head:
+            raise ValueError("this Transformer has no LM head (output_head=False); "
+                             "use features / decode_features")
         f32 = jnp.float32
         if cfg.tied:
             logits = jnp.einsum("btw,vw->btv", x, self.wte.astype(cfg.dtype),
@@ -330,6 +344,11 @@ class Transformer(nn.Module):
         attention is always causal in sequence order. Dropout needs an rng named 'dropout'
         when ``train`` and ``config.dropout > 0``.
         """
+        return self._logits(self.features(tokens, train=train, positions=positions))
+
+    def features(self, tokens, *, train: bool = False, positions=None):
+        """Like ``__call__`` but returns the final-normalised hidden states [B, T, W] in the
+        compute dtype (what the LM head would read)."""
         self._check_tokens(tokens)
         B, T = tokens.shape[0], tokens.shape[-1]
         if positions is None:
@@ -338,7 +357,7 @@ class Transformer(nn.Module):
         x = self._embed(tokens, positions, train)
         for block in self.blocks:
             x, _ = block(x, positions, None, None, train)
-        return self._logits(x)
+        return self.ln_f(x)
 
     def decode(self, tokens, cache: Cache, index):
         """Runs a chunk of new tokens through the model against a KV cache.
@@ -347,18 +366,23 @@ class Transformer(nn.Module):
         ``index`` is an int scalar (may be traced). Returns (float32 logits of the chunk,
         updated cache). Prefill: the whole prompt at index 0; then one token at a time.
         """
+        x, new_cache = self.decode_features(tokens, cache, index)
+        return self._logits(x), new_cache
+
+    def decode_features(self, tokens, cache: Cache, index):
+        """Like ``decode`` but returns (final-normalised hidden states [B, T, W], cache)."""
         self._check_tokens(tokens)
         B, T = tokens.shape[0], tokens.shape[-1]
         index = jnp.asarray(index, jnp.int32)
         positions = jnp.broadcast_to(index + jnp.arange(T, dtype=jnp.int32), (B, T))
         x = self._embed(tokens, positions, False)
-        k_all = nn.with_logical_constraint(cache["k"], CACHE_AXES)
-        v_all = nn.with_logical_constraint(cache["v"], CACHE_AXES)
+        k_all = [nn.with_logical_constraint(c, CACHE_AXES) for c in cache["k"]]
+        v_all = [nn.with_logical_constraint(c, CACHE_AXES) for c in cache["v"]]
         for i, block in enumerate(self.blocks):
             x, (k_all, v_all) = block(x, positions, (k_all, v_all, i), index, False)
-        new_cache = {"k": nn.with_logical_constraint(k_all, CACHE_AXES),
-                     "v": nn.with_logical_constraint(v_all, CACHE_AXES)}
-        return self._logits(x), new_cache
+        new_cache = {"k": tuple(nn.with_logical_constraint(c, CACHE_AXES) for c in k_all),
+                     "v": tuple(nn.with_logical_constraint(c, CACHE_AXES) for c in v_all)}
+        return self.ln_f(x), new_cache
 
     def init_cache(self, batch_size: int, max_length: int | None = None,
                    dtype: Dtype | None = None) -> Cache:
@@ -371,7 +395,7 @@ class Transformer(nn.Module):
 
 def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None = None,
                dtype: Dtype | None = None) -> Cache:
-    """Zero KV cache {'k', 'v'}, each [num_layers, batch, max_length, heads, head_dim].
+    """Zero KV cache {'k', 'v'}, each a tuple of num_layers [batch, heads, max_length, head_dim] arrays.
 
     ``max_length`` defaults to ``cfg.context`` (and may not exceed it with learned positions);
     ``dtype`` defaults to the compute dtype.
@@ -379,9 +403,10 @@ def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None =
     max_length = cfg.context if max_length is None else int(max_length)
     if cfg.positions == "learned" and max_length > cfg.context:
         raise ValueError(f"max_length {max_length} exceeds the learned context {cfg.context}")
-    shape = (cfg.num_layers, batch_size, max_length, cfg.num_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_heads, max_length, cfg.head_dim)
     dtype = cfg.dtype if dtype is None else dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return {name: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+            for name in ("k", "v")}
 
 
 def dummy_tokens(cfg: TransformerConfig, batch_size: int = 1, length: int = 1) -> jax.Array:
@@ -416,7 +441,7 @@ def num_params(cfg: TransformerConfig, *, include_position_embedding: bool = Tru
     per_layer = (2 * ln + 3 * W * W + 3 * W * b + W * W + W * b  # norms, qkv, attention out
                  + W * M + M * b + M * W + W * b)  # mlp
     n = L * per_layer + ln + K * V * W  # blocks, final norm, token embedding(s)
-    if not cfg.tied:
+    if cfg.output_head and not cfg.tied:
         n += K * W * V
     if cfg.positions == "learned" and include_position_embedding:
         n += cfg.context * W

@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--xla_flags", default=None,
                    help="appended to XLA_FLAGS before JAX is imported")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument("--attention_block", type=int, default=128,
+                   help="our causal attention's query block (0: one full T x T block)")
     return p.parse_args(argv)
 
 
@@ -70,7 +72,8 @@ def bench_ours(args):
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     cfg = TransformerConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
-                            width=args.width, context=args.seq, dtype=dtype)
+                            width=args.width, context=args.seq, dtype=dtype,
+                            attention_block=args.attention_block)
     model = Transformer(cfg)
     device = jax.devices()[0]
     params = nn.meta.unbox(jax.jit(lambda k: init_params(model, k))(jax.random.PRNGKey(0)))

@@ -138,9 +138,11 @@ def test_determinism_and_one_compilation():
     a = generate(model, params, prompt, 10, jax.random.PRNGKey(7), temperature=1.0)
     n1 = generate_cache_size()
     b = generate(model, params, prompt, 10, jax.random.PRNGKey(7), temperature=1.0)
-    c = generate(model, params, prompt + 1, 10, jax.random.PRNGKey(8), temperature=0.8,
-                 top_p=0.9)
     assert generate_cache_size() == n1 == n0 + 1  # same shapes: no recompilation
+    c = generate(model, params, prompt + 1, 10, jax.random.PRNGKey(8), temperature=0.8,
+                 top_p=0.9)  # nucleus on: one more version (top_p = 1 skips the filter)...
+    generate(model, params, prompt, 10, jax.random.PRNGKey(8), temperature=0.5, top_p=0.7)
+    assert generate_cache_size() == n1 + 1  # ...and other values of it do not recompile
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(np.asarray(a)[:, 3:], np.asarray(c)[:, 3:])
     d = generate(model, params, prompt, 10, jax.random.PRNGKey(9), temperature=1.0)

@@ -110,7 +110,7 @@ def _last(logits):
 
 def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, forced,
                    forced_mask, *, num_new: int, top_k: int, max_length: int,
-                   allowed_vocab: Optional[int]):
+                   allowed_vocab: Optional[int], use_top_p: bool = True):
     B, P = prompt.shape[0], prompt.shape[-1]
     total = P + num_new
     out = jnp.zeros(prompt.shape[:-1] + (total,), jnp.int32)
@@ -130,8 +130,10 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
     def step(carry, i):
         out, cache, logits = carry
         pos = P + i
+        # top_p >= 1 keeps everything: skip its per-step sort of the vocabulary (static).
         tok = sample_logits(logits, jax.random.fold_in(rng, i), temperature=temperature,
-                            top_k=top_k, top_p=top_p, allowed_vocab=allowed_vocab)
+                            top_k=top_k, top_p=top_p if use_top_p else 1.0,
+                            allowed_vocab=allowed_vocab)
         if forced is not None:
             f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=-1, keepdims=False)
             f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=-1, keepdims=False)
@@ -150,7 +152,7 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
 
 _generate_jit = jax.jit(
     _generate_impl,
-    static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab"))
+    static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p"))
 
 
 def generate_cache_size() -> int:
@@ -166,7 +168,8 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
     model: a :class:`Transformer` (hashable; static). params: its (unboxed) params.
     prompt: int ``[B, P]`` (``num_levels == 1``) or ``[B, K, P]`` (``num_levels == K``), P >= 1.
     rng: a PRNG key; step i uses ``fold_in(rng, i)``.
-    temperature / top_p: floats (traced: changing them does not recompile); top_k: static int.
+    temperature / top_p: floats (traced: changing them does not recompile, except switching
+      top_p between 1, which skips the nucleus filter, and < 1); top_k: static int.
     max_length: cache length (static), default and minimum ``P + num_new``; at most
       ``config.context`` with learned positions.
     forced / forced_mask: optional tokens and bool mask, shaped like (or broadcastable to)
@@ -206,7 +209,16 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
     return _generate_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                          jnp.asarray(top_p, jnp.float32), forced, forced_mask,
                          num_new=num_new, top_k=int(top_k), max_length=max_length,
-                         allowed_vocab=None if allowed_vocab is None else int(allowed_vocab))
+                         allowed_vocab=None if allowed_vocab is None else int(allowed_vocab),
+                         use_top_p=not _keeps_everything(top_p))
+
+
+def _keeps_everything(top_p) -> bool:
+    """A concrete top_p >= 1 (nucleus sampling off); traced values count as on."""
+    try:
+        return float(top_p) >= 1.0
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- forcing helpers

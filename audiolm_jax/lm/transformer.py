@@ -99,6 +99,11 @@ class TransformerConfig:
     # False: no LM head, only ``features``/``decode_features`` (a trunk whose hidden states
     # another module reads, e.g. the temporal transformer of the depth LM).
     output_head: bool = True
+    # Full-sequence attention in query blocks of this many positions (0: one T x T block).
+    # Block i only scores keys 0..(i+1)*block-1, so the masked upper triangle is never
+    # computed and each block's scores stay cache-sized: fewer FLOPs and far less memory
+    # traffic in training. Used when T is a multiple of it and larger.
+    attention_block: int = 128
 
     def __post_init__(self):
         if self.width % self.num_heads:
@@ -190,6 +195,10 @@ class CausalSelfAttention(nn.Module):
             k = apply_rope(k, positions, cfg.rope_base)
 
         T = x.shape[1]
+        block = cfg.attention_block
+        if kv_cache is None and block and T > block and T % block == 0:
+            y = self._blocked_causal(q, k, v, block, train)
+            return self._output(y, train), None
         if kv_cache is None:
             mask = jnp.tril(jnp.ones((T, T), dtype=bool))
             new_cache = None
@@ -218,6 +227,29 @@ class CausalSelfAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
         y = jnp.einsum(f"bhts,{kv_layout}->bthd", probs.astype(cfg.dtype), v)
+        return self._output(y, train), new_cache
+
+    def _blocked_causal(self, q, k, v, block: int, train: bool):
+        """Causal attention of q/k/v [B, T, H, D] in query blocks (see attention_block)."""
+        cfg = self.config
+        q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
+        diagonal = np.tril(np.ones((block, block), bool))
+        outs = []
+        for i in range(q.shape[1] // block):
+            lo, hi = i * block, (i + 1) * block
+            scores = jnp.einsum("bthd,bshd->bhts", q[:, lo:hi], k[:, :hi],
+                                preferred_element_type=jnp.float32)
+            mask = np.concatenate([np.ones((block, lo), bool), diagonal], axis=1)
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
+            outs.append(jnp.einsum("bhts,bshd->bthd", probs.astype(cfg.dtype), v[:, :hi]))
+        return jnp.concatenate(outs, axis=1)
+
+    def _output(self, y, train: bool):
+        """Attention output y [B, T, H, D] -> the residual branch [B, T, W]."""
+        cfg = self.config
+        H, D, W = cfg.num_heads, cfg.head_dim, cfg.width
         y = nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         out_w = _param(self, "out_kernel", (H, D, W), ("heads", "kv", "embed"),
@@ -226,8 +258,7 @@ class CausalSelfAttention(nn.Module):
         if cfg.bias:
             y = y + _param(self, "out_bias", (W,), ("embed",),
                            nn.initializers.zeros).astype(cfg.dtype)
-        y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
-        return y, new_cache
+        return nn.Dropout(cfg.dropout)(y, deterministic=not train)
 
 
 class MLP(nn.Module):

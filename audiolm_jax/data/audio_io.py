@@ -104,8 +104,9 @@ def _decode(path: str, start: int = 0, frames: int | None = None) -> tuple[np.nd
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None, *, start: int = 0,
-               frames: int | None = None) -> np.ndarray:
-    """Decodes ``path`` to float32 mono samples at ``sample_rate``.
+               frames: int | None = None, mono: bool = True) -> np.ndarray:
+    """Decodes ``path`` to float32 mono samples at ``sample_rate`` (``mono=False``:
+    ``[channels, samples]``, every channel checked and resampled the same way).
 
     Channels are averaged to mono; audio is resampled with
     ``librosa.resample`` (soxr_hq) when the file's rate differs. With
@@ -132,7 +133,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None, *, start: int =
     data, sr = _decode(path, int(start), None if frames is None else int(frames))
     if data.size == 0 or data.shape[0] == 0:
         raise AudioDecodeError(path, "contains no audio samples")
-    audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if mono:
+        audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    else:
+        audio = np.ascontiguousarray(data.T)
     peak = float(np.max(np.abs(audio)))  # NaN/Inf propagate: one pass for the common case
     if not np.isfinite(peak):
         bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))
@@ -143,7 +147,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None, *, start: int =
     if sample_rate is not None and int(sample_rate) != sr:
         import librosa  # pylint: disable=g-import-not-at-top
 
-        audio = librosa.resample(audio, orig_sr=sr, target_sr=int(sample_rate))
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=int(sample_rate), axis=-1)
         if audio.size == 0:
             raise AudioDecodeError(path, "too short to resample")
     return np.ascontiguousarray(audio, dtype=np.float32)

@@ -101,30 +101,15 @@ def _jsonable(config: Any) -> Any:
 
 
 def _load_channels(path: str, sample_rate: int) -> np.ndarray:
-    """float32 [2, samples] at ``sample_rate``; the channels of a stereo file."""
-    import soundfile as sf
-    from audiolm_jax.data.audio_io import AudioDecodeError
+    """float32 [2, samples] at ``sample_rate``; the channels of a stereo file, checked like any
+    other input (truncation, NaN/Inf, range) by :func:`load_audio`."""
+    from audiolm_jax.data.audio_io import load_audio
 
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise AudioDecodeError(path, "file not found or empty")
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # pylint: disable=broad-except
-        raise AudioDecodeError(path, f"not a readable audio file ({e})") from e
-    if data.shape[0] == 0:
-        raise AudioDecodeError(path, "contains no audio samples")
-    if data.shape[1] != 2:
+    channels = load_audio(path, sample_rate, mono=False)
+    if channels.shape[0] != 2:
         raise ValueError(f"stereo_streams=True needs 2-channel audio, but {path!r} has "
-                         f"{data.shape[1]} channel(s)")
-    if not np.all(np.isfinite(data)):
-        raise AudioDecodeError(path, "contains non-finite (NaN/Inf) samples")
-    channels = [np.ascontiguousarray(data[:, c]) for c in range(2)]
-    if int(sr) != int(sample_rate):
-        import librosa
-
-        channels = [librosa.resample(c, orig_sr=int(sr), target_sr=int(sample_rate))
-                    for c in channels]
-    return np.stack(channels).astype(np.float32)
+                         f"{channels.shape[0]} channel(s)")
+    return channels
 
 
 def _load_streams(path: str, sample_rate: int, stereo: bool) -> np.ndarray:

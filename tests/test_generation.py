@@ -11,7 +11,6 @@ from audiolm_jax.lm.config import base_lm_config
 from audiolm_jax.lm.run import _layout, _unlayout, sample_frames
 from audiolm_jax.lm.sampling import generate, generate_cache_size
 from audiolm_jax.lm.task import LMTask
-from audiolm_jax.lm.transformer import init_params
 
 
 def make_task(layout="flat", streams=1, levels=2, context=24, seed=0):
@@ -20,7 +19,7 @@ def make_task(layout="flat", streams=1, levels=2, context=24, seed=0):
                    layout=layout)
     c.tokens.update(codebook_size=16, num_levels=levels, num_streams=streams)
     task = LMTask(c)
-    params = nn.meta.unbox(init_params(task.model, jax.random.PRNGKey(seed)))
+    params = nn.meta.unbox(task.init_state(jax.random.PRNGKey(seed)).params)
     # Peaked logits: greedy decoding without near-ties.
     return task, jax.tree.map(lambda x: x * 3.0, params)
 
@@ -32,10 +31,11 @@ def random_codes(shape, seed=1):
 GREEDY = dict(temperature=0.0)
 
 
-@pytest.mark.parametrize("layout", ["flat", "delay"])
+@pytest.mark.parametrize("layout", ["flat", "parallel", "delay", "depth"])
 def test_sliding_window_continues_past_the_context(layout):
     task, params = make_task(layout)
-    window = task.context // task.rows if task.flat else task.context - 1
+    window = task.context // task.rows if task.flat else \
+        task.context - int(getattr(task.pattern, "max_delay", 0))
     prompt = random_codes((1, 2, 5))
     new = 3 * window  # several windows
     before = generate_cache_size()

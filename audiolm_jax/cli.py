@@ -40,6 +40,14 @@ flags.DEFINE_integer("num", 64, "make-corpus: number of files to write.")
 flags.DEFINE_enum("kind", "speech", ["speech", "dialogue"],
                   "make-corpus: mono utterances or stereo two-speaker dialogues.")
 flags.DEFINE_integer("corpus_seed", 0, "make-corpus: corpus seed (same seed, same files).")
+flags.DEFINE_string("weights", None, "import-mimi: released Mimi weights (.safetensors).")
+flags.DEFINE_integer("num_codebooks", 8, "import-mimi: codebooks to keep (1 semantic + N-1 acoustic).")
+flags.DEFINE_enum("format", "orbax", ["orbax", "safetensors"], "export: weight file format.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process run: HOST:PORT of process 0 (else $AUDIOLM_JAX_COORDINATOR; "
+                    "Cloud TPU slices and SLURM are detected without flags).")
+flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.")
 
 USAGE = """usage: audiolm-jax COMMAND [--flags]
 
@@ -56,6 +64,13 @@ commands:
                [--input_stream=USER.wav]    duplex LM: the user's side, fed frame by frame
   make-corpus  --out=DIR [--kind=speech|dialogue --num=N --seconds=S --sample_rate=SR]
                write the built-in synthetic corpus as WAVs (dialogue: stereo, for duplex)
+  precompute-teacher --config=FILE --audio=DIR   write each file's semantic-distillation teacher
+               features beside it (<name>.<distill.features_suffix>.npy), from config.distill
+  import-mimi  --weights=FILE.safetensors --workdir=DIR [--num_codebooks=8]   released Mimi
+               weights (transformers or Kyutai layout) -> a codec workdir
+  export       --workdir=DIR --out=EXPORT [--format=orbax|safetensors]   inference weights +
+               config only; encode/decode/reconstruct/tokenize/generate/eval-lm take EXPORT as
+               their workdir
   encode       --workdir=DIR IN.wav OUT.npy
   decode       --workdir=DIR IN.npy OUT.wav
   reconstruct  --workdir=DIR IN.wav OUT.wav
@@ -334,6 +349,41 @@ def cmd_quickstart(argv):
           f"  tensorboard:     tensorboard --logdir {workdir}")
 
 
+def cmd_precompute_teacher(argv):
+    from audiolm_jax.codec.teachers import check_teacher_files, make_teacher
+    from audiolm_jax.codec.teachers import precompute_teacher_features
+
+    _positional(argv, [])
+    config = FLAGS.config
+    if config is None or "distill" not in config:
+        raise UsageError("--config must name a codec config with a 'distill' section "
+                         "(e.g. --config=configs/codec/mimi.py)")
+    folder = _require(FLAGS.audio, "audio")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--audio: folder {folder!r} does not exist")
+    check_teacher_files(config.distill)
+    summary = precompute_teacher_features(
+        folder, make_teacher(config.distill), int(config.data.sample_rate),
+        suffix=str(config.distill.features_suffix))
+    print(json.dumps(summary))
+
+
+def cmd_import_mimi(argv):
+    from audiolm_jax.codec.mimi.importer import import_mimi
+
+    _positional(argv, [])
+    print(json.dumps(import_mimi(_require(FLAGS.weights, "weights"),
+                                 _require(FLAGS.workdir, "workdir"), FLAGS.num_codebooks)))
+
+
+def cmd_export(argv):
+    from audiolm_jax.export import export
+
+    _positional(argv, [])
+    print(json.dumps(export(_require(FLAGS.workdir, "workdir"), _require(FLAGS.out, "out"),
+                            fmt=FLAGS.format)))
+
+
 COMMANDS = {
     "quickstart": cmd_quickstart,
     "make-corpus": cmd_make_corpus,
@@ -347,6 +397,9 @@ COMMANDS = {
     "encode": cmd_encode,
     "decode": cmd_decode,
     "reconstruct": cmd_reconstruct,
+    "export": cmd_export,
+    "precompute-teacher": cmd_precompute_teacher,
+    "import-mimi": cmd_import_mimi,
 }
 
 
@@ -354,8 +407,16 @@ def _main(command, argv):
     from audiolm_jax.config_check import ConfigError
     from audiolm_jax.data.audio_io import AudioDecodeError
 
+    from audiolm_jax.train.distributed import maybe_initialize
+    from audiolm_jax.train.loop import EXIT_PREEMPTED, Preempted
+
     try:
+        # Before anything touches a JAX backend: joins a multi-process job if this is one.
+        maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         COMMANDS[command](argv[1:])
+    except Preempted as e:  # SIGTERM: the checkpoint is written; rerunning resumes
+        print(f"audiolm-jax {command}: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except (UsageError, ConfigError, AudioDecodeError, FileNotFoundError, ValueError) as e:
         # Bad input of any kind: one line naming the problem. Set AUDIOLM_JAX_TRACEBACK=1 for
         # the full traceback when debugging.

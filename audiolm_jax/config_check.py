@@ -75,7 +75,7 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
                 "data.crop_length"):
         _positive_int(config, key)
     _positive_int(config, "train.seed", allow_zero=True)
-    _choice(config, "model.kind", {"cnn", "seanet"})
+    _choice(config, "model.kind", {"cnn", "seanet", "mimi"})
     _choice(config, "quantizer.kind", {"rvq", "split_rvq"})
     _choice(config, "quantizer.dead_code_mode", {"absolute", "relative"})
     _choice(config, "quantizer.dropout_mode", {"batch", "sample"})
@@ -96,6 +96,8 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
         raise ConfigError(f"config key 'data.crop_length' ({config.data.crop_length}) is shorter "
                           f"than one codec frame ({hop_length(config)} samples)")
     check_data_source(config, "data.source")
+    if "distill" in config:
+        check_distill(config)
     check_mesh(config, num_devices)
     if num_devices is not None:
         from audiolm_jax.train.mesh import resolve_mesh_shape
@@ -105,3 +107,135 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
         if config.train.batch_size % (d * f):
             raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
                               f"divisible by mesh data*fsdp = {d * f}")
+
+
+def check_distill(config: Any) -> None:
+    """The ``distill`` section (semantic distillation); see ``codec/teachers.py``."""
+    if not isinstance(_get(config, "distill.enabled"), bool):
+        raise ConfigError("config key 'distill.enabled' must be True or False")
+    if not config.distill.enabled:
+        return
+    _number(config, "distill.weight", 0.0)
+    _positive_int(config, "distill.teacher_dim")
+    _choice(config, "distill.teacher", {"function", "precomputed"})
+    _number(config, "distill.feature_rate", 0.0)
+    if config.quantizer.kind != "split_rvq":
+        raise ConfigError("config key 'distill.enabled': distillation trains the semantic level, "
+                          "which needs quantizer.kind='split_rvq'")
+    from audiolm_jax.codec.teachers import make_teacher
+
+    if config.distill.teacher == "function":
+        try:
+            make_teacher(config.distill)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return
+    rate = config.distill.feature_rate
+    if not rate:
+        raise ConfigError("config key 'distill.feature_rate' must be set (> 0) for precomputed "
+                          "teacher features")
+    hop = config.data.sample_rate / rate
+    if abs(hop - round(hop)) > 1e-6:
+        raise ConfigError(f"config key 'distill.feature_rate' ({rate} Hz) must divide "
+                          f"data.sample_rate ({config.data.sample_rate}) into whole samples")
+    suffix = _get(config, "distill.features_suffix")
+    if not isinstance(suffix, str) or not suffix or os.sep in suffix:
+        raise ConfigError(f"config key 'distill.features_suffix' must be a plain name, got "
+                          f"{suffix!r}")
+
+
+def check_lm_config(config: Any, num_devices: int | None = None) -> None:
+    """Raises ConfigError naming the first bad key of a language-model config."""
+    from audiolm_jax.lm.patterns import PATTERN_NAMES
+
+    for key in ("model.num_layers", "model.num_heads", "model.width", "model.context",
+                "model.mlp_ratio", "train.num_steps", "train.batch_size",
+                "train.checkpoint_every", "tokens.codebook_size", "tokens.num_streams"):
+        _positive_int(config, key)
+    for key in ("train.seed", "tokens.num_levels"):  # num_levels 0: all the directory has
+        _positive_int(config, key, allow_zero=True)
+    _choice(config, "model.layout", set(PATTERN_NAMES))
+    _choice(config, "model.positions", {"learned", "rope"})
+    _choice(config, "model.dtype", {"float32", "bfloat16"})
+    if config.model.width % config.model.num_heads:
+        raise ConfigError(f"config key 'model.width' ({config.model.width}) must be divisible "
+                          f"by 'model.num_heads' ({config.model.num_heads})")
+    _number(config, "model.dropout", 0.0, 1.0)
+    _number(config, "optim.learning_rate", 0.0, lo_open=True)
+    _number(config, "data.eval_fraction", 0.0, 1.0)
+    tokens = _get(config, "data.tokens")
+    if not isinstance(tokens, str) or not tokens:
+        raise ConfigError("config key 'data.tokens' must name a token directory "
+                          "(made by `audiolm-jax tokenize`)")
+    if not os.path.isdir(tokens):
+        raise ConfigError(f"config key 'data.tokens': token directory {tokens!r} does not exist")
+    check_mesh(config, num_devices)
+    if num_devices is not None:
+        from audiolm_jax.train.mesh import resolve_mesh_shape
+
+        d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                                     num_devices)
+        if config.train.batch_size % (d * f):
+            raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
+                              f"divisible by mesh data*fsdp = {d * f}")
+
+
+# ----------------------------------------------------------------------------- workdirs
+_MODEL_NAMES = {"codec": "a codec", "lm": "a language model", "vqvae": "a VQ-VAE"}
+
+
+def _saved_config(workdir: str) -> dict | None:
+    import json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"workdir {workdir!r}: cannot read {path} ({e})") from None
+
+
+def _check_task(workdir: str, saved: dict, expected: str, flag: str) -> None:
+    task = saved.get("task")
+    if task is not None and task != expected:
+        raise ConfigError(
+            f"{flag} {workdir!r} holds {_MODEL_NAMES.get(task, repr(task))}, not "
+            f"{_MODEL_NAMES.get(expected, repr(expected))}; give the {expected} workdir")
+
+
+def check_workdir_holds(workdir: str, expected: str, flag: str = "--workdir") -> str:
+    """For commands that load a trained model: the folder exists and, if it has a
+    config.json, that config is of the ``expected`` task ('codec', 'lm'). Returns ``workdir``.
+    Remote paths (``gs://...``) are left to the loader."""
+    if "://" in workdir:
+        return workdir
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"{flag} {workdir!r} does not exist")
+    saved = _saved_config(workdir)
+    if saved is not None:
+        _check_task(workdir, saved, expected, flag)
+    return workdir
+
+
+def check_resume_matches(workdir: str, config: Any, sections: Iterable[str]) -> None:
+    """For training: a workdir that already holds a run must hold the same task, and the
+    same values in ``sections`` (the keys that fix parameter shapes), else ConfigError
+    naming the keys that differ."""
+    import json
+
+    saved = _saved_config(workdir)
+    if saved is None:
+        return
+    _check_task(workdir, saved, str(config.get("task", "")), "--workdir")
+    changed = []
+    for section in sections:
+        old, new = saved.get(section) or {}, config.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if json.dumps(old.get(key), default=list) != json.dumps(new.get(key), default=list):
+                changed.append(f"{section}.{key}")
+    if changed:
+        what = _MODEL_NAMES.get(config.get("task"), "a model")
+        raise ConfigError(f"workdir {workdir!r} holds {what} with different "
+                          f"{', '.join(changed)}; use a new --workdir")

@@ -90,3 +90,68 @@ def quickstart_config() -> ml_collections.ConfigDict:
     c.train.update(num_steps=600, batch_size=8, checkpoint_every=200, log_every=10,
                    sample_every=200)
     return c
+
+
+def mimi_config(num_codebooks: int = 8) -> ml_collections.ConfigDict:
+    """Kyutai's Mimi as released (24 kHz, 12.5 Hz, 1 semantic + ``num_codebooks - 1`` acoustic
+    levels of 2048 codes). ``import-mimi`` writes this config beside the imported weights;
+    ``configs/codec/mimi.py`` adds the training recipe on top of it.
+
+    Model keys (``model.kind == 'mimi'``): the SEANet keys as for 'seanet', plus
+    ``transformer_layers``, ``transformer_heads``, ``transformer_ffn_dim``,
+    ``transformer_context`` (frames each position attends to, itself included),
+    ``rope_max_period``, ``layer_scale`` (initial value), ``norm_eps``,
+    ``frame_downsample`` (stride of the learned conv after the encoder transformer; 1 = none)
+    and ``upsample_channelwise`` (the decoder's transposed conv has groups = dimension, as in
+    the release).
+    """
+    if not 2 <= int(num_codebooks) <= 32:  # the semantic level plus at least one acoustic
+        raise ValueError(f"num_codebooks must be in [2, 32], got {num_codebooks}")
+    c = base_codec_config()
+    c.train.name = "mimi"
+    c.model.update(
+        kind="mimi", n_filters=64, ratios=(8, 6, 5, 4), dimension=512, n_residual_layers=1,
+        dilation_base=2, kernel_size=7, residual_kernel_size=3, last_kernel_size=3, compress=2,
+        causal=True, true_skip=True, weight_norm=False)
+    c.model.pad_mode = "constant"
+    c.model.activation = "elu"
+    c.model.trim_right_ratio = 1.0
+    c.model.transformer_layers = 8
+    c.model.transformer_heads = 8
+    c.model.transformer_ffn_dim = 2048
+    c.model.transformer_context = 250
+    c.model.rope_max_period = 10000.0
+    c.model.layer_scale = 0.01
+    c.model.norm_eps = 1e-5
+    c.model.frame_downsample = 2
+    c.model.upsample_channelwise = True
+    # Mimi's quantizer: the semantic level and the acoustic levels both quantize the same
+    # 512-d latent through 1x1 projections to 256-d codebooks; relative dead-code rule.
+    c.quantizer.update(
+        kind="split_rvq", num_levels=int(num_codebooks), num_semantic_levels=1,
+        codebook_size=2048, codebook_dim=256, decay=0.99, kmeans_iters=50,
+        dead_code_threshold=0.1, dead_code_mode="relative", dead_code_interval=5,
+        dropout=True, dropout_mode="sample", no_quant_rate=0.5)
+    c.loss.update(spectral_weight=0.0, mel_weight=2.0, l1_weight=0.1, mse_weight=0.0,
+                  commit_weight=1.0)
+    c.optim.update(learning_rate=8e-4, end_learning_rate=8e-5, warmup_steps=1000,
+                   weight_decay=0.0, b1=0.5, b2=0.9, clip_norm=0.0)
+    c.data.update(sample_rate=24000, crop_length=24000 * 2)  # a multiple of the 1920 frame
+    c.train.update(num_steps=200_000, batch_size=64, checkpoint_every=2000, sample_every=5000)
+    return c
+
+
+def tiny_mimi_config() -> ml_collections.ConfigDict:
+    """A Mimi-shaped codec small enough to train in seconds on a CPU: same blocks (SEANet,
+    causal windowed transformers, learned 2x down/upsampling, split RVQ), tiny sizes.
+    16 kHz, ratios (4, 4, 2) and downsample 2 -> 64-sample frames (250 Hz)."""
+    c = mimi_config(num_codebooks=4)
+    c.train.name = "tiny_mimi"
+    c.model.update(n_filters=8, ratios=(4, 4, 2), dimension=32, transformer_layers=2,
+                   transformer_heads=4, transformer_ffn_dim=64, transformer_context=16)
+    c.quantizer.update(codebook_size=64, codebook_dim=16, kmeans_iters=10)
+    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=10)
+    c.data.update(sample_rate=16000, crop_length=4096, synthetic_utterances=64,
+                  synthetic_seconds=1.0, num_eval=2, eval_seconds=1.0)
+    c.train.update(num_steps=20, batch_size=8, checkpoint_every=10, log_every=5, sample_every=0)
+    return c

@@ -20,8 +20,12 @@ CONFIG_FILE = "config.json"
 def save_config(config: Any, workdir: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_FILE)
-    with open(path, "w") as f:
+    # Written aside and renamed: every process of a multi-process run writes it, and may read
+    # it (the resume check) while another writes, so a reader must never see a partial file.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
     return path
 
 
@@ -45,9 +49,13 @@ class LoadedCodec:
         self.num_levels = int(config.quantizer.num_levels)
         self.codebook_size = int(config.quantizer.codebook_size)
         self.frame_rate = frame_rate(config)
-        variables = {"params": params, "vq_stats": vq_stats}
-        self._encode = jax.jit(lambda a: self.model.apply(variables, a, method="encode"))
-        self._decode = jax.jit(lambda c: self.model.apply(variables, c, method="decode"))
+        # Weights are arguments, not constants baked into the program: XLA would otherwise
+        # constant-fold them (minutes for Mimi's 80M parameters).
+        self.variables = {"params": params, "vq_stats": vq_stats}
+        encode = jax.jit(lambda v, a: self.model.apply(v, a, method="encode"))
+        decode = jax.jit(lambda v, c: self.model.apply(v, c, method="decode"))
+        self._encode = lambda a: encode(self.variables, a)
+        self._decode = lambda c: decode(self.variables, c)
 
     def _bucket(self, length: int) -> int:
         # Round up to a whole quarter second of frames: one compilation per bucket.
@@ -55,7 +63,11 @@ class LoadedCodec:
         return max(quantum, math.ceil(length / quantum) * quantum)
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
-        """[T] float -> int32 codes [levels, frames], frames = ceil(T / hop)."""
+        """[T] float -> int32 codes [levels, frames], frames = ceil(T / hop).
+
+        The input is zero-padded to a length bucket; for Mimi that means a last partial frame
+        can differ from the reference's (which pads inside each conv); whole frames are equal.
+        """
         audio = np.asarray(audio, np.float32)
         frames = math.ceil(len(audio) / self.hop_length)
         padded = np.zeros(self._bucket(len(audio)), np.float32)
@@ -87,11 +99,12 @@ class LoadedCodec:
 
 def load_codec(workdir: str, step: int | None = None) -> LoadedCodec:
     from audiolm_jax.codec.task import CodecTask
-    from audiolm_jax.train.loop import restore_for_inference
+    from audiolm_jax.export import load_inference_weights
 
     config = load_config(workdir)
-    state, step = restore_for_inference(CodecTask(config), workdir, step, what="codec")
-    return LoadedCodec(config, state.params, state.vq_stats, step)
+    # A training workdir or an export directory (audiolm_jax/export.py).
+    weights, step = load_inference_weights(workdir, CodecTask(config), "codec", step, what="codec")
+    return LoadedCodec(config, weights["params"], weights["vq_stats"], step)
 
 
 def evaluate_files(codec: LoadedCodec, paths: Iterable[str]) -> dict:

@@ -30,6 +30,8 @@ class Codec(nn.Module):
         self.quantizer = make_quantizer(self.quantizer_cfg, self.latent_dim)
 
     def _pad(self, audio: jnp.ndarray) -> jnp.ndarray:
+        if self.model_cfg.kind == "mimi":
+            return audio  # its causal convs pad the last partial frame themselves
         hop = self.hop_length
         extra = (-audio.shape[-1]) % hop
         return jnp.pad(audio, ((0, 0), (0, extra))) if extra else audio
@@ -59,6 +61,10 @@ def hop_length(config: Any) -> int:
     m = config.model
     if m.kind == "cnn":
         return 2 ** int(m.get("num_blocks", 7))
+    if m.kind == "mimi":
+        from audiolm_jax.codec.mimi.networks import mimi_hop_length
+
+        return mimi_hop_length(m)
     ratios = m.get("ratios", (8, 5, 4, 2))
     out = 1
     for r in ratios:

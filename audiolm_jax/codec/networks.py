@@ -26,6 +26,9 @@ def make_encoder_decoder(mcfg: Any):
       last_kernel_size (7), compress (2), causal (True), true_skip (True), weight_norm (True),
       pad_mode ('constant'), activation ('elu'), final_activation (None).
       hop = prod(ratios).
+    * ``'mimi'``: the SEANet keys plus a windowed causal transformer and learned 2x
+      down/upsampling; see ``audiolm_jax/codec/mimi/networks.py`` and
+      ``codec/config.py:mimi_config``. hop = prod(ratios) * frame_downsample.
 
     Encoder: ``[B, T]`` → ``[B, T // hop, latent_dim]`` (T a multiple of hop).
     Decoder: ``[B, frames, latent_dim]`` → ``[B, frames * hop]``.
@@ -69,4 +72,8 @@ def make_encoder_decoder(mcfg: Any):
         for r in ratios:
             hop *= r
         return enc, dec, hop, kw["dimension"]
+    if kind == "mimi":
+        from audiolm_jax.codec.mimi.networks import make_mimi_encoder_decoder
+
+        return make_mimi_encoder_decoder(mcfg)
     raise ValueError(f"unknown encoder kind {kind!r}")

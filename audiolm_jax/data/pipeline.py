@@ -13,11 +13,16 @@ Training::
 Pipeline (grain 0.2 ``MapDataset``)::
 
     source -> seed(seed) -> shuffle (global, same order on every host)
-           -> even shard: first len - len % shard_count items, [shard_index::shard_count]
            -> repeat(num_epochs)  (reshuffled and re-cropped every epoch)
            -> filter(drop malformed items, counting them)
            -> random_map(random crop, per-element deterministic rng)
+           -> process blocks: of each run of batch_size * shard_count elements, this
+              process takes the shard_index-th block of batch_size (lazily: it reads no other)
            -> to_iter_dataset (thread prefetch) -> batch
+
+Every step above the process split is the same on every process, and crops are seeded by an
+element's place in that global stream, so the global batch (the processes' batches in process
+order) is the single-process batch whatever the process count, as long as no item is skipped.
 
 Items shorter than ``crop_length`` are zero-padded at the end (not looped):
 padding is silence, which the codec sees anyway between utterances.
@@ -81,6 +86,10 @@ def _is_bad(item: dict[str, Any]) -> str | None:
         return str(item["error"])
     if np.size(item["audio"]) == 0:
         return "empty audio"
+    # Folder and TFDS sources refuse NaN/Inf already; this guards any other source, so no
+    # non-finite sample can reach a batch.
+    if not np.all(np.isfinite(item["audio"])):
+        return "non-finite (NaN/Inf) samples"
     return None
 
 
@@ -126,16 +135,61 @@ def _fit(audio: np.ndarray, crop_length: int, start: int) -> np.ndarray:
     return out
 
 
-class _RandomCrop:
-    """grain random_map: a uniformly random ``crop_length`` window."""
+def _fit_frames(features: np.ndarray, frames: int, start: int) -> np.ndarray:
+    """``frames`` rows of ``features`` from ``start``, zero rows past the end."""
+    out = np.zeros((frames, features.shape[1]), np.float32)
+    part = features[start:start + frames]
+    out[:part.shape[0]] = part
+    return out
 
-    def __init__(self, crop_length: int):
+
+class _RandomCrop:
+    """grain random_map: a uniformly random ``crop_length`` window.
+
+    Items with ``'features'`` (teacher frames every ``feature_hop`` samples from the file's
+    start) get a window starting on a feature frame boundary, so the features crop with the
+    audio exactly: ``ceil(crop_length / feature_hop)`` frames, zero rows past the file's end.
+    """
+
+    def __init__(self, crop_length: int, feature_hop: int | None = None):
         self.crop_length = crop_length
+        self.feature_hop = feature_hop
 
     def __call__(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         n = np.size(item["audio"])
+        if "features" in item and self.feature_hop:
+            return self._crop_with_features(item, n, rng)
         start = int(rng.integers(0, n - self.crop_length + 1)) if n > self.crop_length else 0
         return {"audio": _fit(item["audio"], self.crop_length, start)}
+
+    def _crop_with_features(self, item, n: int, rng: np.random.Generator):
+        hop = int(self.feature_hop)
+        last = (n - self.crop_length) // hop if n > self.crop_length else 0
+        first_frame = int(rng.integers(0, last + 1))
+        frames = -(-self.crop_length // hop)
+        return {"audio": _fit(item["audio"], self.crop_length, first_frame * hop),
+                "features": _fit_frames(item["features"], frames, first_frame)}
+
+
+class _ProcessBlocks(grain.MapDataset):
+    """This process's blocks of a global stream: local element ``j`` is global element
+    ``(j // block * count + index) * block + j % block`` (its slice of each global batch)."""
+
+    def __init__(self, parent: grain.MapDataset, block: int, count: int, index: int):
+        super().__init__(parent)
+        self._block, self._count, self._index = block, count, index
+
+    def __len__(self) -> int:
+        return len(self._parent) // (self._block * self._count) * self._block
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        group, offset = divmod(int(j), self._block)
+        return self._parent[(group * self._count + self._index) * self._block + offset]
+
+    def __str__(self) -> str:
+        return f"ProcessBlocks(block={self._block}, index={self._index} of {self._count})"
 
 
 class AudioIterator:
@@ -195,6 +249,7 @@ def make_audio_iterator(
         num_threads: int | None = None,
         prefetch_buffer_size: int | None = None,
         skipped: SkipStats | None = None,
+        feature_hop: int | None = None,
 ) -> AudioIterator:
     """Training iterator of randomly cropped audio batches.
 
@@ -207,15 +262,20 @@ def make_audio_iterator(
       seed: controls the shuffle order (per epoch) and the crop offsets.
       shard_index, shard_count: this process's shard (default:
         ``jax.process_index()`` / ``jax.process_count()``). All processes
-        shuffle identically, then take disjoint, equally sized strided shards
-        of each epoch (``len % shard_count`` items are left out per epoch, a
-        different set each epoch when shuffling).
+        shuffle and crop identically; process ``i`` takes elements
+        ``[i * batch_size, (i + 1) * batch_size)`` of each ``batch_size *
+        shard_count`` (its slice of the global batch). With ``num_epochs`` set,
+        a final partial global batch is left out.
       num_epochs: ``None`` repeats forever.
       shuffle: shuffle items (re-shuffled every epoch).
       drop_remainder: drop a final partial batch (only relevant if finite).
       num_threads, prefetch_buffer_size: grain ``ReadOptions`` (defaults:
         ``min(16, cpu_count)`` threads, ``max(64, 4 * batch_size)`` items).
       skipped: optional shared :class:`SkipStats` to record skips into.
+      feature_hop: for sources whose items carry teacher ``'features'``
+        (:class:`audiolm_jax.data.features.TeacherFeatureSource`): samples per
+        feature frame; batches then also hold ``'features'`` [batch, frames, dim]
+        aligned with the audio crop.
     """
     if crop_length <= 0:
         raise ValueError(f"crop_length must be positive, got {crop_length}")
@@ -233,11 +293,12 @@ def make_audio_iterator(
     ds = grain.MapDataset.source(source).seed(int(seed))
     if shuffle:
         ds = ds.shuffle()
-    if shard_count > 1:
-        ds = ds[: (n // shard_count) * shard_count][shard_index::shard_count]
     ds = ds.repeat(num_epochs)
-    ds = ds.filter(_KeepGood(skipped, limit=2 * (n // shard_count) + 128))
-    ds = ds.random_map(_RandomCrop(int(crop_length)))
+    # The streak limit counts this process's elements only, a 1/shard_count sample of the stream.
+    ds = ds.filter(_KeepGood(skipped, limit=2 * n * shard_count + 128))
+    ds = ds.random_map(_RandomCrop(int(crop_length), feature_hop))
+    if shard_count > 1:
+        ds = _ProcessBlocks(ds, int(batch_size), shard_count, shard_index)
     read_options = grain.ReadOptions(
         num_threads=num_threads if num_threads is not None else min(16, os.cpu_count() or 1),
         prefetch_buffer_size=(prefetch_buffer_size if prefetch_buffer_size is not None

@@ -165,6 +165,29 @@ class CausalConv1d(Conv1d):
     padding: Any = "causal"
 
 
+def conv_transpose1d_full(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:
+    """Untrimmed transposed convolution, no bias: ``[B, T, C_in]`` -> ``[B, (T - 1) * stride +
+    K, C_out]`` with ``y[t * stride + j] += x[t] @ kernel[j]`` (per group).
+
+    Computed as one matmul per input frame (``[C_in] -> [K, C_out]``) and an overlap-add of the
+    ``ceil(K / stride)`` stride-long pieces, not as a convolution of the zero-stuffed input,
+    which would spend ``stride`` times the multiply-adds on inserted zeros.
+    """
+    B, T, c_in = x.shape
+    k, ci, c_out = kernel.shape
+    co = c_out // groups
+    pieces = -(-k // stride)
+    w = jnp.pad(kernel.astype(x.dtype), ((0, pieces * stride - k), (0, 0), (0, 0)))
+    w = w.reshape(pieces, stride, ci, groups, co)
+    z = jnp.einsum("btgi,psigo->btpsgo", x.reshape(B, T, groups, ci), w)
+    z = z.reshape(B, T, pieces, stride, c_out)
+    # Piece p of frame t lands on output block t + p.
+    y = sum(jnp.pad(z[:, :, p], ((0, 0), (p, pieces - 1 - p), (0, 0), (0, 0)))
+            for p in range(pieces))
+    y = y.reshape(B, (T + pieces - 1) * stride, c_out)
+    return y[:, : (T - 1) * stride + k]
+
+
 class ConvTranspose1d(nn.Module):
     """Transposed 1-D convolution ``[B, T, C_in]`` → ``[B, T * stride, features]``.
 
@@ -194,11 +217,7 @@ class ConvTranspose1d(nn.Module):
             raise ValueError("channels must be divisible by groups")
         kernel = make_kernel(self, (k, in_ch // self.groups, self.features), self.weight_norm,
                              self.kernel_init)
-        # Transposed conv == conv of the stride-dilated input with the flipped kernel.
-        y = jax.lax.conv_general_dilated(
-            x, kernel[::-1].astype(x.dtype), window_strides=(1,), padding=[(k - 1, k - 1)],
-            lhs_dilation=(s,), feature_group_count=self.groups,
-            dimension_numbers=("NWC", "WIO", "NWC"))
+        y = conv_transpose1d_full(x, kernel, s, self.groups)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(y.dtype)

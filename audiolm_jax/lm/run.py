@@ -87,16 +87,20 @@ def train_lm(config: Any, workdir: str) -> dict:
 class LoadedLM:
     def __init__(self, workdir: str, step: int | None = None):
         from audiolm_jax.codec.inference import load_config
+        from audiolm_jax.export import load_inference_weights, resolve_codec_path
         from audiolm_jax.lm.task import LMTask
-        from audiolm_jax.train.loop import restore_for_inference
 
         self.workdir = workdir
         self.config = load_config(workdir)
         with open(os.path.join(workdir, TOKENS_FILE)) as f:
             self.tokens = json.load(f)
+        if (self.tokens.get("codec") or {}).get("workdir"):  # an export's codec is relative
+            self.tokens["codec"]["workdir"] = resolve_codec_path(
+                workdir, self.tokens["codec"]["workdir"])
         self.task = LMTask(self.config)
-        state, self.step = restore_for_inference(self.task, workdir, step, what="LM")
-        self.params = state.params
+        # A training workdir or an export directory (audiolm_jax/export.py).
+        weights, self.step = load_inference_weights(workdir, self.task, "lm", step, what="LM")
+        self.params = weights["params"]
 
 
 def evaluate_lm(workdir: str, tokens_dir: str, batch_size: int = 8, max_batches: int = 50) -> dict:

@@ -47,9 +47,10 @@ class ResidualVQ(nn.Module):
         n ~ U{1..L}; levels >= n output zero, emit code -1 and do not update
         their statistics with the dropped samples).
       dropout_mode: 'batch' (one n per batch) or 'sample' (one n per sample).
-      no_quant_rate: training-time probability, per sample, that the whole
-        quantizer is bypassed and the input is returned unchanged (Mimi). The
-        codebooks still see (and learn from) those samples.
+      no_quant_rate: training-time probability, per sample, that quantization
+        is skipped (Mimi): the sample's output is ``out_proj(in_proj(x))``, the
+        input itself when there is no projection. The codebooks still see (and
+        learn from) those samples.
       use_projection: whether to use bias-free linear in/out projections
         (dim -> codebook_dim -> dim); None = only when codebook_dim != dim.
 
@@ -119,7 +120,8 @@ class ResidualVQ(nn.Module):
 
     def __call__(self, x: Array, train: bool = False, n_levels: Optional[int] = None,
                  mask: Optional[Array] = None,
-                 init_codebooks: Optional[bool] = None) -> Dict[str, Any]:
+                 init_codebooks: Optional[bool] = None,
+                 bypass: Optional[Array] = None) -> Dict[str, Any]:
         """Quantizes x [B, T, dim].
 
         Args:
@@ -131,6 +133,9 @@ class ResidualVQ(nn.Module):
           init_codebooks: None: each level runs k-means once, under a cond; True: run
             k-means on this batch now, every level, with dropout and bypass off (a trainer's
             first-batch init step); False: never run k-means (the trainer's hot step).
+          bypass: optional bool [B], training only: samples that skip quantization,
+            decided by the caller (a split quantizer shares one draw between its
+            branches); when given, ``no_quant_rate`` is not drawn here.
         Returns:
           dict:
             ``quantized`` [B, T, dim] (x.dtype);
@@ -153,8 +158,9 @@ class ResidualVQ(nn.Module):
 
         # One uniform draw serves both dropout (row 0) and bypass (row 1).
         u = None
+        draw_bypass = bypass is None and self.no_quant_rate > 0
         if updating and not init_codebooks and (
-                (self.dropout and n_levels is None) or self.no_quant_rate > 0):
+                (self.dropout and n_levels is None) or draw_bypass):
             u = jax.random.uniform(self.make_rng("vq"), (2, B))
 
         # active[b, l]: level l is used for sample b.
@@ -193,12 +199,14 @@ class ResidualVQ(nn.Module):
             per_level["level_active"].append(jnp.any(m).astype(jnp.float32))
 
         q = z + jax.lax.stop_gradient(q_sum - z) if train else q_sum
+        if not (updating and not init_codebooks):
+            bypass = jnp.zeros((B,), bool)
+        elif bypass is None:
+            bypass = (u[1] < self.no_quant_rate) if draw_bypass else jnp.zeros((B,), bool)
+        # Skipping happens in codebook space, between the projections, as in Mimi's released
+        # quantizer: the projections then also learn from the unquantized samples.
+        q = jnp.where(bypass[:, None, None], z, q)
         quantized = self._out(q).astype(x.dtype)
-
-        bypass = jnp.zeros((B,), bool)
-        if u is not None and self.no_quant_rate > 0:
-            bypass = u[1] < self.no_quant_rate
-            quantized = jnp.where(bypass[:, None, None], x, quantized)
 
         metrics = {k: jnp.stack(v) for k, v in per_level.items()}
         metrics["active_levels"] = jnp.mean(jnp.sum(active, axis=-1).astype(jnp.float32))
@@ -239,7 +247,10 @@ class SplitResidualVQ(nn.Module):
 
     Both quantize the *same* input latent, each through its own bias-free
     in/out projection; their outputs are summed. Quantizer dropout applies to
-    the acoustic RVQ only; the no-quantization bypass applies to the sum.
+    the acoustic RVQ only. The no-quantization bypass is one draw per sample,
+    shared by both branches, so a bypassed sample skips quantization entirely;
+    each branch then outputs ``out_proj(in_proj(x))`` (Mimi's released quantizer
+    skips between the projections too, but draws per branch).
     Codes are concatenated semantic-first: [B, T, S + A].
     """
 
@@ -292,26 +303,25 @@ class SplitResidualVQ(nn.Module):
                  mask: Optional[Array] = None,
                  init_codebooks: Optional[bool] = None) -> Dict[str, Any]:
         """Same contract as :meth:`ResidualVQ.__call__` (levels semantic-first),
-        plus ``semantic_quantized`` [B, T, dim]: the semantic branch output
-        (e.g. for distillation against a self-supervised teacher)."""
+        plus ``semantic_quantized`` [B, T, dim]: the semantic branch output, the
+        projected unquantized latent for bypassed samples (what semantic distillation
+        trains against a self-supervised teacher)."""
         n_sem, n_ac = self._split_n(n_levels)
-        parts = []
-        if self.num_semantic_levels > 0:
-            parts.append(self.semantic(x, train=train, n_levels=n_sem, mask=mask,
-                                       init_codebooks=init_codebooks))
-        if self.num_acoustic_levels > 0:
-            parts.append(self.acoustic(x, train=train, n_levels=n_ac, mask=mask,
-                                       init_codebooks=init_codebooks))
-
-        quantized = sum(p["quantized"] for p in parts)
-        metrics = {k: jnp.concatenate([p["metrics"][k] for p in parts]) for k in _LEVEL_METRICS}
-        metrics["active_levels"] = sum(p["metrics"]["active_levels"] for p in parts)
-
         B = x.shape[0]
         bypass = jnp.zeros((B,), bool)
         if train and not self.is_initializing() and self.no_quant_rate > 0 and not init_codebooks:
             bypass = jax.random.uniform(self.make_rng("vq"), (B,)) < self.no_quant_rate
-            quantized = jnp.where(bypass[:, None, None], x, quantized)
+        parts = []
+        if self.num_semantic_levels > 0:
+            parts.append(self.semantic(x, train=train, n_levels=n_sem, mask=mask,
+                                       init_codebooks=init_codebooks, bypass=bypass))
+        if self.num_acoustic_levels > 0:
+            parts.append(self.acoustic(x, train=train, n_levels=n_ac, mask=mask,
+                                       init_codebooks=init_codebooks, bypass=bypass))
+
+        quantized = sum(p["quantized"] for p in parts)
+        metrics = {k: jnp.concatenate([p["metrics"][k] for p in parts]) for k in _LEVEL_METRICS}
+        metrics["active_levels"] = sum(p["metrics"]["active_levels"] for p in parts)
         metrics["bypass_frac"] = jnp.mean(bypass.astype(jnp.float32))
 
         sem_q = (parts[0]["quantized"] if self.num_semantic_levels > 0

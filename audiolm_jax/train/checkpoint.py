@@ -1,7 +1,12 @@
 """orbax checkpoints of the train state plus the data iterator's position.
 
-A step directory only becomes visible once orbax has finalised it (it writes to a temporary
-name and renames), so a run killed mid-save resumes from the previous complete step.
+A step directory only becomes visible once orbax has finalised it (it writes to
+``STEP.orbax-checkpoint-tmp*`` and renames; on GCS, which has no atomic rename, it writes a
+commit file last), so a run killed mid-save resumes from the previous complete step
+(``tests/test_resume.py`` kills a process inside that rename). Paths go through
+``etils.epath``, so a ``gs://`` workdir needs nothing special. Every process must call
+:meth:`Checkpointer.save` (orbax writes each process's shards and the iterator state of each
+process collectively).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class _IteratorSnapshot:
@@ -50,7 +57,7 @@ class Checkpointer:
     """Periodic, asynchronous, keep-N checkpoints of ``state`` and the data iterator."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -72,8 +79,7 @@ class Checkpointer:
         """Restores ``state`` shaped/sharded like ``abstract_state`` (ShapeDtypeStructs)."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         snapshot = _IteratorSnapshot()
-        has_data = data_iterator is not None and os.path.isdir(
-            os.path.join(self.directory, str(step), "data"))
+        has_data = data_iterator is not None and (self.directory / str(step) / "data").is_dir()
         if has_data:
             items["data"] = grain.checkpoint.CheckpointRestore(snapshot)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -81,9 +87,37 @@ class Checkpointer:
             data_iterator.set_state(_from_jsonable(json.loads(snapshot.state)))
         return restored["state"]
 
+    def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """{dotted leaf name: shape} of the state saved at ``step`` (read from metadata only)."""
+        # Read straight from the step folder: a fresh manager knows no handlers for its items.
+        meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        return {leaf_name(path): tuple(meta.shape)
+                for path, meta in jax.tree_util.tree_leaves_with_path(tree)}
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def absolute(path: str) -> epath.Path:
+    """An absolute local path, or a cloud path (gs://...) unchanged (never os.path.abspath)."""
+    path = os.fspath(path)
+    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
+
+
+def leaf_name(path: tuple) -> str:
+    """'params.encoder.conv.kernel' for a pytree path of dict keys, attributes or indices."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)

@@ -4,7 +4,11 @@ A *task* supplies what differs: ``init_state(rng)`` (pure; weights may carry log
 boxes), ``train_step(state, batch) -> (state, metrics)`` (pure), ``prepare_batch(host_batch)``
 and optionally ``init_step(state, batch) -> state`` (run once on the first batch of a fresh
 run, e.g. k-means codebook init) and ``write_samples(state, step, workdir, writer)``. The loop owns the mesh,
-shardings, compilation, checkpoints, metrics, progress bar and the NaN guard.
+shardings, compilation, checkpoints, metrics (TensorBoard and ``metrics.jsonl`` with a
+fingerprint of each step's batch), progress bar, the NaN guard and preemption: on SIGTERM the
+in-flight step completes, a checkpoint of that step is written and waited for, and
+:class:`Preempted` is raised (the CLI exits with :data:`EXIT_PREEMPTED`). Running the same
+command again resumes from it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,46 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from audiolm_jax.train import mesh as mesh_lib
-from audiolm_jax.train.checkpoint import Checkpointer
+from audiolm_jax.train.checkpoint import Checkpointer, leaf_name
+from audiolm_jax.train.preemption import PreemptionWatch
+from audiolm_jax.train.step_log import StepLog, batch_fingerprint
 from audiolm_jax.train.writers import MetricWriter
+
+# The CLI's exit status after a preemption checkpoint: EX_TEMPFAIL ("try again later"), so a
+# job script can tell "stopped early, resumable" from success (0) and from failure.
+EXIT_PREEMPTED = 75
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or Inf; no checkpoint is written for that state."""
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM once the checkpoint of the current step is safely written."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted: checkpoint written at step {step}; run the same command "
+                         "again to resume")
+        self.step = step
+
+
+def check_checkpoint_shapes(checkpointer: Checkpointer, step: int, abstract: Any) -> None:
+    """Refuses to restore a checkpoint whose arrays have other shapes than this config's model,
+    naming the first leaves that differ (the config-level check names the config keys)."""
+    from audiolm_jax.config_check import ConfigError
+
+    saved = checkpointer.saved_shapes(step)
+    wanted = {leaf_name(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    diffs = [f"{name} {saved[name]} -> {shape}" for name, shape in wanted.items()
+             if name in saved and saved[name] != shape]
+    diffs += [f"{name} is new" for name in wanted if name not in saved]
+    diffs += [f"{name} is gone" for name in saved if name not in wanted]
+    if diffs:
+        more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+        raise ConfigError(
+            f"the checkpoint at step {step} in {checkpointer.directory} holds a model of another "
+            f"shape: {'; '.join(diffs[:5])}{more}; use a new --workdir")
 
 
 class Task(Protocol):
@@ -77,6 +115,7 @@ def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = Non
     abstract, shardings = abstract_state(task, mesh, rng)
     latest = checkpointer.latest_step() if checkpointer else None
     if latest is not None:
+        check_checkpoint_shapes(checkpointer, latest, abstract)
         state = checkpointer.restore(latest, abstract, data_iterator)
         return state, shardings, latest
     init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
@@ -88,7 +127,7 @@ def restore_for_inference(task: Task, workdir: str, step: int | None = None,
     """(state, step) of a workdir's latest (or given) checkpoint, on one device."""
     import ml_collections
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    checkpointer = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), async_save=False)
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train the {what} first")
@@ -128,7 +167,9 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
                writer: MetricWriter | None = None) -> tuple[Any, list[dict]]:
     """Runs ``config.train.num_steps`` steps (resuming if checkpoints exist).
 
-    Returns the final state and the per-step host metrics of this invocation.
+    Returns the final state and the per-step host metrics of this invocation (each with
+    ``batch``, the fingerprint of the host batch of that step). Raises :class:`Preempted` after
+    a SIGTERM, once the checkpoint of the step in flight is written.
     """
     tcfg = config.train
     num_steps = int(tcfg.num_steps)
@@ -136,7 +177,9 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
     ckpt_every = max(int(tcfg.checkpoint_every), 1)
     sample_every = int(tcfg.get("sample_every", 0) or 0)
     mesh = mesh_lib.make_mesh(config.mesh)
+    workdir = os.fspath(workdir)  # may be gs://...: join with '/', never os.path.abspath
     writer = writer or MetricWriter(os.path.join(workdir, "tensorboard"))
+    step_log = StepLog(workdir)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 max_to_keep=int(tcfg.get("keep_checkpoints", 3)),
                                 async_save=bool(tcfg.get("async_checkpoints", True)))
@@ -151,39 +194,53 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
         step_fn = compile_step(task, shardings, mesh)
         first_batch_fn = compile_init_step(task, shardings, mesh) if restored is None else None
         batch_sh = mesh_lib.batch_sharding(mesh, 1)
-        pending: list[tuple[int, Any]] = []
+        pending: list[tuple[int, str, Any]] = []
         bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
                    disable=jax.process_index() != 0 or not tcfg.get("progress", True),
                    desc=tcfg.get("name", "train"))
         start = time.time()
+        preempted = False
         try:
-            while step < num_steps:
-                batch = mesh_lib.global_batch(task.prepare_batch(next(data_iterator)), batch_sh)
-                if first_batch_fn is not None and step == 0:
-                    state = first_batch_fn(state, batch)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                pending.append((step, metrics))
-                must_save = step % ckpt_every == 0 or step == num_steps
-                if step % log_every == 0 or must_save or (sample_every and step % sample_every == 0):
-                    for s, m in jax.device_get(pending):
-                        _check_finite(s, m, last_saved)
-                        scalars = _scalars(m)
-                        history.append({"step": s, **scalars})
-                        writer.scalars(s, scalars)
-                    pending.clear()
-                    latest = history[-1]
-                    bar.set_postfix(loss=f"{latest.get('loss', math.nan):.4g}")
-                if must_save:
-                    checkpointer.save(step, state, data_iterator)
-                    last_saved = step
-                if sample_every and step % sample_every == 0 and hasattr(task, "write_samples"):
-                    task.write_samples(state, step, workdir, writer)
-                bar.update(1)
+            with PreemptionWatch() as watch:
+                while step < num_steps:
+                    host_batch = task.prepare_batch(next(data_iterator))
+                    fingerprint = batch_fingerprint(host_batch)
+                    batch = mesh_lib.global_batch(host_batch, batch_sh)
+                    if first_batch_fn is not None and step == 0:
+                        state = first_batch_fn(state, batch)
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    pending.append((step, fingerprint, metrics))
+                    preempted = watch.requested(step)
+                    must_save = step % ckpt_every == 0 or step == num_steps or preempted
+                    if (step % log_every == 0 or must_save
+                            or (sample_every and step % sample_every == 0)):
+                        records = []
+                        for s, fp, m in jax.device_get(pending):
+                            _check_finite(s, m, last_saved)
+                            scalars = _scalars(m)
+                            records.append({"step": s, **scalars, "batch": fp})
+                            writer.scalars(s, scalars)
+                        history.extend(records)
+                        step_log.append(records)
+                        pending.clear()
+                        bar.set_postfix(loss=f"{history[-1].get('loss', math.nan):.4g}")
+                    if must_save:
+                        checkpointer.save(step, state, data_iterator)
+                        last_saved = step
+                    if preempted:
+                        break
+                    if (sample_every and step % sample_every == 0
+                            and hasattr(task, "write_samples")):
+                        task.write_samples(state, step, workdir, writer)
+                    bar.update(1)
         finally:
             bar.close()
-            checkpointer.close()
+            checkpointer.close()  # waits for the last (async) save to be committed
             writer.flush()
+        if preempted:
+            logging.warning("preempted: checkpoint of step %d written; stopping", step)
+            raise Preempted(step)
         elapsed = time.time() - start
         logging.info("trained to step %d in %.1fs", step, elapsed)
     return state, history

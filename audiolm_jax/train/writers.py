@@ -22,8 +22,10 @@ class MetricWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(logdir, exist_ok=True)
-            self._writer = SummaryWriter(logdir)
+            from etils import epath
+
+            epath.Path(logdir).mkdir(parents=True, exist_ok=True)  # also a gs:// logdir
+            self._writer = SummaryWriter(os.fspath(logdir))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if not self._writer:

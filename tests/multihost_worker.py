@@ -1,0 +1,44 @@
+"""A few codec and LM training steps in one process of a (possibly) multi-process job.
+
+Run by tests/test_multihost.py, alone (one process, 8 fake devices) and through
+launch/local_multiprocess.sh (two processes, 4 fake devices each); both write metrics.jsonl.
+
+    python tests/multihost_worker.py ROOT TOKENS_DIR
+"""
+import json
+import os
+import sys
+
+from audiolm_jax.train.distributed import maybe_initialize
+
+maybe_initialize()  # from the AUDIOLM_JAX_* variables, before any JAX work
+
+import jax  # noqa: E402
+
+from audiolm_jax.cli import train_codec  # noqa: E402
+from audiolm_jax.codec.config import tiny_cnn_config  # noqa: E402
+from audiolm_jax.lm.config import tiny_lm_config  # noqa: E402
+from audiolm_jax.lm.run import train_lm  # noqa: E402
+
+STEPS = 3
+
+
+def main(root, tokens):
+    quiet = dict(num_steps=STEPS, checkpoint_every=STEPS, log_every=1, progress=False)
+    codec = tiny_cnn_config()
+    codec.train.update(**quiet)
+    codec.mesh.update(data=-1, fsdp=1, tensor=1)
+    codec_summary = train_codec(codec, os.path.join(root, "codec"))
+    lm = tiny_lm_config()
+    lm.model.context = 128
+    lm.data.tokens = tokens
+    lm.train.update(**quiet)
+    lm.mesh.update(data=2, fsdp=2, tensor=2)  # exercise every mesh axis across processes
+    lm_summary = train_lm(lm, os.path.join(root, "lm"))
+    print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                      "devices": jax.device_count(), "codec": codec_summary["step"],
+                      "lm": lm_summary["step"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

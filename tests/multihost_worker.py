@@ -26,11 +26,15 @@ STEPS = 3
 def main(root, tokens):
     quiet = dict(num_steps=STEPS, checkpoint_every=STEPS, log_every=1, progress=False)
     codec = tiny_cnn_config()
+    # Smaller than tiny: compilation is most of this test's time, three times over.
+    codec.model.update(channels=8, latent_dim=8, num_blocks=4, res_blocks=1)
+    codec.quantizer.update(num_levels=2, codebook_size=16, kmeans_iters=3)
+    codec.data.update(crop_length=1024)
     codec.train.update(**quiet)
     codec.mesh.update(data=-1, fsdp=1, tensor=1)
     codec_summary = train_codec(codec, os.path.join(root, "codec"))
     lm = tiny_lm_config()
-    lm.model.context = 128
+    lm.model.update(context=128, num_layers=1)
     lm.data.tokens = tokens
     lm.train.update(**quiet)
     lm.mesh.update(data=2, fsdp=2, tensor=2)  # exercise every mesh axis across processes

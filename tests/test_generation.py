@@ -35,7 +35,7 @@ GREEDY = dict(temperature=0.0)
 def test_sliding_window_continues_past_the_context(layout):
     task, params = make_task(layout)
     window = task.context // task.rows if task.flat else \
-        task.context - int(getattr(task.pattern, "max_delay", 0))
+        task.context - task.max_delay
     prompt = random_codes((1, 2, 5))
     new = 3 * window  # several windows
     before = generate_cache_size()
@@ -56,8 +56,9 @@ def test_sliding_window_continues_past_the_context(layout):
     np.testing.assert_array_equal(out[..., start:start + window], again)
 
 
-def test_forced_frames_hold_across_windows():
-    task, params = make_task("flat", streams=2, levels=2)
+@pytest.mark.parametrize("layout", ["flat", "delay"])
+def test_forced_frames_hold_across_windows(layout):
+    task, params = make_task(layout, streams=2, levels=2)
     prompt = random_codes((2, 2, 3))
     total = 3 + 20
     forced = np.zeros((2, 2, total), np.int32)

@@ -13,6 +13,10 @@ def base_lm_config() -> ml_collections.ConfigDict:
         num_layers=12, num_heads=16, width=1024, context=2048, mlp_ratio=4, dropout=0.1,
         positions="learned", tie_embeddings=True, bias=False, dtype="float32", remat=False,
         layout="flat", level_offsets=False, delays=(), acoustic_delay=1, vocab_multiple=128))
+    # The depth transformer of layout 'depth' (Moshi's RQ-Transformer): a small causal
+    # transformer over the levels of one frame; dropout, dtype, remat, bias and mlp_ratio come
+    # from `model`. Moshi's is 6 layers x 1024 wide under a 7B temporal transformer.
+    c.depth = ml_collections.ConfigDict(dict(num_layers=2, num_heads=8, width=256))
     # What the tokens are; filled from the token directory's metadata when training on one.
     c.tokens = ml_collections.ConfigDict(dict(
         codebook_size=2048, num_levels=8, num_streams=1, drop_semantic=False))

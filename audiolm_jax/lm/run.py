@@ -149,7 +149,7 @@ def _window_frames(task) -> int:
     """Codec frames one model context holds (prompt + generated)."""
     if task.flat:
         return task.context // task.rows
-    return task.context - int(getattr(task.pattern, "max_delay", 0))
+    return task.context - task.max_delay
 
 
 def _layout(task, codes: np.ndarray) -> np.ndarray:
@@ -192,7 +192,7 @@ def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np
         prompt_seq = seq_codes[..., : P * K_all]
         allowed = task.vocab_size
     else:
-        delay = int(getattr(task.pattern, "max_delay", 0))
+        delay = task.max_delay
         num_new = new_frames + delay
         prompt_seq = seq_codes[..., :P]
         allowed = int(task.config.tokens.codebook_size)

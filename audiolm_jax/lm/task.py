@@ -4,6 +4,11 @@ Codes arrive as ``{'codes': int [B, S, K, frames]}`` (S streams, K levels). The 
 (:mod:`audiolm_jax.lm.patterns`) is applied on the host, so the compiled step only sees
 ``inputs``/``targets``/``weights``: next-token cross-entropy weighted per position, where the
 weights carry the per-level loss weights and mask the empty slots of delayed layouts.
+
+Layout 'depth' trains Moshi's depth transformer (:mod:`audiolm_jax.lm.depth`) on the same
+``[B, rows, T]`` batches: its depth half reads the targets of the lower levels of the same step
+(teacher forcing), and with two streams it predicts all S*K rows of each frame; the per-level
+weights decide which of them count.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_depth_lm_config
 from audiolm_jax.lm.patterns import make_pattern
 from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
 from audiolm_jax.train.optim import make_optimizer
@@ -46,19 +52,19 @@ class LMTask:
         m, t = config.model, config.tokens
         self.num_levels, self.num_streams = int(t.num_levels), int(t.num_streams)
         codebook = int(t.codebook_size)
-        if m.layout == "depth":
-            raise NotImplementedError(
-                "model.layout='depth' needs the depth transformer, which is not built yet; "
-                "use 'flat', 'parallel' or 'delay'")
         kw = {}
         if m.layout == "flat":
             kw["level_offsets"] = bool(m.level_offsets)
         if m.layout == "delay" and m.get("delays"):
             kw["delays"] = tuple(int(d) for d in m.delays)
+        if m.layout == "depth":  # Moshi: semantic level undelayed, acoustic levels late
+            kw["acoustic_delay"] = int(m.acoustic_delay)
+            kw["num_semantic"] = 0 if t.get("drop_semantic", False) else 1
         self.pattern = make_pattern(m.layout, self.num_levels, codebook,
                                     num_streams=self.num_streams, **kw)
         self.rows = self.num_levels * self.num_streams
         self.flat = m.layout == "flat"
+        self.depth = m.layout == "depth"
         self.context = int(m.context)
         # The embedding/head vocabulary is padded (e.g. 1025 delay ids -> 1152) so the 'vocab'
         # axis divides over the tensor axis; padded ids are masked out of the softmax.
@@ -71,9 +77,25 @@ class LMTask:
             tie_embeddings=bool(m.tie_embeddings), bias=bool(m.bias),
             dtype=_DTYPES[m.dtype], remat=bool(m.remat),
             num_levels=1 if self.flat else self.rows)
-        self.model = Transformer(self.model_config)
+        if self.depth:
+            d = config.depth
+            if int(d.width) % int(d.num_heads):
+                raise ValueError(f"config key 'depth.width' ({d.width}) must be divisible by "
+                                 f"'depth.num_heads' ({d.num_heads})")
+            # model_config stays the temporal transformer's; the depth LM holds both.
+            self.depth_config = make_depth_lm_config(
+                self.model_config, num_layers=int(d.num_layers), num_heads=int(d.num_heads),
+                width=int(d.width), codebook_size=codebook)
+            self.model_config = self.depth_config.temporal
+            self.model = DepthTransformerLM(self.depth_config)
+        else:
+            self.model = Transformer(self.model_config)
         self.optimizer, self.schedule = make_optimizer(config.optim, int(config.train.num_steps))
         weights = tuple(config.loss.get("level_weights", ()) or ()) or None
+        if weights is not None and len(weights) not in (self.num_levels, self.rows):
+            raise ValueError(f"config key 'loss.level_weights' holds {len(weights)} weights; "
+                             f"this LM has {self.num_levels} levels x {self.num_streams} "
+                             f"stream(s): give {self.num_levels} (or {self.rows}) weights")
         self._weights, self._level_ids = self._position_weights(weights)
 
     # ---------------------------------------------------------------- layout
@@ -82,7 +104,13 @@ class LMTask:
         """Codec frames a training window needs for ``context + 1`` tokens."""
         if self.flat:
             return math.ceil((self.context + 1) / self.rows)
-        return self.context + 1 - int(getattr(self.pattern, "max_delay", 0))
+        return self.context + 1 - self.max_delay
+
+    @property
+    def max_delay(self) -> int:
+        """Steps the layout adds after the last frame (delay/depth layouts; 0 otherwise)."""
+        inner = getattr(self.pattern, "inner", self.pattern)  # two streams: the widened layout
+        return int(getattr(inner, "max_delay", 0))
 
     def _position_weights(self, weights):
         """(weights, level ids) of the target positions, from the per-level loss weights."""
@@ -119,14 +147,20 @@ class LMTask:
     # ---------------------------------------------------------------- state
     def init_state(self, rng: jax.Array) -> LMState:
         k_params, k_state = jax.random.split(rng)
-        params = init_params(self.model, k_params)  # boxed with logical axis names
+        init = init_depth_params if self.depth else init_params
+        params = init(self.model, k_params)  # boxed with logical axis names
         return LMState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=self.optimizer.init(params), rng=k_state)
 
     # ---------------------------------------------------------------- loss
     def losses(self, params, batch, train: bool, rng=None) -> tuple[jnp.ndarray, dict]:
         rngs = {"dropout": rng} if train and rng is not None else None
-        logits = self.model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+        if self.depth:  # the depth half is teacher forced with the lower levels' targets
+            logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
+                                      train=train, rngs=rngs)
+        else:
+            logits = self.model.apply({"params": params}, batch["inputs"], train=train,
+                                      rngs=rngs)
         logits = mask_padded_vocab(logits, self.vocab_size)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
         w = batch["weights"]

@@ -1,0 +1,126 @@
+"""Sampling from a :class:`~audiolm_jax.lm.depth.DepthTransformerLM`, frame by frame.
+
+:func:`generate_depth` is one jitted function: a prefill of the temporal transformer's KV cache
+with the prompt steps, then ONE ``jax.lax.scan`` over the new steps. Each scan step samples the
+frame's R levels with the depth transformer (``decode_frame``: level k's token feeds level
+k+1) and feeds the finished frame back through the temporal transformer. Compiled once per
+(model, shapes, num_new_frames, top_k, forcing or not); temperature and top_p are traced.
+
+Forcing: ``forced`` / ``forced_mask`` (shaped like the output ``[B, R, P + N]``) replace the
+sampled token wherever the mask is True, inside the frame loop, so a forced token is what the
+next level and the next frame see: level 0 kept from a prompt file ("same words, another
+voice"), the user's stream in duplex, the layout's special slots. Forced slots inside the
+prompt overwrite the prompt too.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from audiolm_jax.lm.depth import DepthTransformerLM
+from audiolm_jax.lm.sampling import sample_logits
+from audiolm_jax.lm.transformer import init_cache
+
+__all__ = ["generate_depth", "generate_depth_cache_size"]
+
+
+def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, temperature, top_p,
+                         forced, forced_mask, *, num_new: int, top_k: int, allowed_vocab: int):
+    B, R, P = prompt.shape
+    total = P + num_new
+    out = jnp.zeros((B, R, total), jnp.int32)
+    out = jax.lax.dynamic_update_slice_in_dim(out, prompt, 0, axis=2)
+    if forced is not None:
+        out = jnp.where(forced_mask, forced, out)
+    apply = functools.partial(model.apply, {"params": params})
+
+    cache = init_cache(model.config.temporal, B, total)
+    hidden, cache = apply(out[..., :P], cache, 0, method=DepthTransformerLM.temporal_decode)
+    if num_new == 0:
+        return out
+
+    def step(carry, i):
+        out, cache, hidden = carry
+        pos = P + i
+        frame_rng = jax.random.fold_in(rng, i)
+        if forced is not None:
+            f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=2, keepdims=False)  # [B, R]
+            f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=2, keepdims=False)
+
+        def choose(k, logits):
+            tok = sample_logits(logits, jax.random.fold_in(frame_rng, k),
+                                temperature=temperature, top_k=top_k, top_p=top_p,
+                                allowed_vocab=allowed_vocab)
+            return tok if forced is None else jnp.where(f_msk[:, k], f_tok[:, k], tok)
+
+        frame, _ = apply(hidden, choose, method=DepthTransformerLM.decode_frame)  # [B, R]
+        out = jax.lax.dynamic_update_slice_in_dim(out, frame[..., None], pos, axis=2)
+        # Always fed back, the last frame too (its slot exists): a lax.cond here would make
+        # XLA copy the whole cache every step.
+        new_hidden, cache = apply(frame[..., None], cache, pos,
+                                  method=DepthTransformerLM.temporal_decode)
+        return (out, cache, new_hidden[:, -1]), None
+
+    (out, _, _), _ = jax.lax.scan(step, (out, cache, hidden[:, -1]),
+                                  jnp.arange(num_new, dtype=jnp.int32))
+    return out
+
+
+_generate_depth_jit = jax.jit(
+    _generate_depth_impl, static_argnames=("model", "num_new", "top_k", "allowed_vocab"))
+
+
+def generate_depth_cache_size() -> int:
+    """How many compiled versions of the depth sampler exist (for recompilation checks)."""
+    return _generate_depth_jit._cache_size()
+
+
+def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
+                   num_new_frames: int, rng: jax.Array, *, temperature=1.0, top_k: int = 0,
+                   top_p=1.0, forced=None, forced_mask=None,
+                   allowed_vocab: Optional[int] = None) -> jax.Array:
+    """Continue a laid-out prompt by ``num_new_frames`` steps of R sampled levels each.
+
+    model: a :class:`DepthTransformerLM` (hashable; static). params: its (unboxed) params.
+    prompt_codes_layout: int ``[B, R, P]`` in the depth layout (R = streams x levels), P >= 1.
+    rng: a PRNG key; step i, level k draws with ``fold_in(fold_in(rng, i), k)``.
+    temperature / top_p: floats (traced); top_k: static int; temperature 0 is greedy.
+    forced / forced_mask: optional int tokens and bool mask, shaped like (or broadcastable to)
+      the output ``[B, R, P + num_new_frames]``; True slots take the forced token (prompt
+      included), which then conditions every later level and frame.
+    allowed_vocab: ids ``>= allowed_vocab`` are never sampled (forcing may still write them);
+      default the model's ``codebook_size``, so the layout's special token and the vocabulary
+      padding are never drawn.
+
+    Returns int32 ``[B, R, P + num_new_frames]``. Raises ValueError when the prompt plus the
+    new steps exceed the model's context (a sliding window is the caller's business).
+    """
+    cfg = model.config
+    R, context = cfg.num_levels, cfg.temporal.context
+    prompt = jnp.asarray(prompt_codes_layout, jnp.int32)
+    if prompt.ndim != 3 or prompt.shape[1] != R:
+        raise ValueError(f"prompt must be [B, R={R}, P] in the depth layout, got shape "
+                         f"{prompt.shape}")
+    if prompt.shape[-1] < 1:
+        raise ValueError("prompt must hold at least one step")
+    num_new = int(num_new_frames)
+    if num_new < 0:
+        raise ValueError(f"num_new_frames must be >= 0, got {num_new}")
+    total = prompt.shape[-1] + num_new
+    if total > context:
+        raise ValueError(f"prompt ({prompt.shape[-1]} steps) + num_new_frames ({num_new}) = "
+                         f"{total} exceeds the model's context of {context} steps")
+    if (forced is None) != (forced_mask is None):
+        raise ValueError("forced and forced_mask go together")
+    if forced is not None:
+        out_shape = prompt.shape[:-1] + (total,)
+        forced = jnp.broadcast_to(jnp.asarray(forced, jnp.int32), out_shape)
+        forced_mask = jnp.broadcast_to(jnp.asarray(forced_mask, bool), out_shape)
+    allowed = cfg.codebook_size if allowed_vocab is None else int(allowed_vocab)
+    return _generate_depth_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
+                               jnp.asarray(top_p, jnp.float32), forced, forced_mask,
+                               num_new=num_new, top_k=int(top_k), allowed_vocab=allowed)

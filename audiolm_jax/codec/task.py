@@ -1,9 +1,20 @@
 """Codec training as a task for the shared loop: losses, discriminator, balancer, samples.
 
 One compiled step does the generator update (reconstruction losses, commitment loss,
-optionally adversarial + feature-matching losses, optionally balanced) and, when adversarial
-training is on, the discriminator update on the same batch. EMA codebook statistics come back
-from ``apply(..., mutable=['vq_stats'])`` and are stored in the state, never written in place.
+optionally adversarial + feature-matching losses, optionally balanced, optionally semantic
+distillation) and, when adversarial training is on, the discriminator update on the same batch.
+EMA codebook statistics come back from ``apply(..., mutable=['vq_stats'])`` and are stored in
+the state, never written in place.
+
+Semantic distillation (Mimi, ``config.distill``): a learned linear map takes the semantic
+level's output to the teacher's dimension, and ``1 - cos`` against the teacher's features,
+resampled to the codec frame rate, is added with ``distill.weight``. This loss has no gradient
+at the decoder output, where the balancer works, so with the balancer on its gradient is
+balanced where it enters the codec, at the semantic level's output: normalised by its own EMA
+per-sample norm and given the share ``distill.weight / sum(all weights)``, the other terms
+sharing the rest. Without the balancer it is a plain weighted term. Teacher features are
+computed on the host in ``prepare_batch`` (a function teacher) or read with the audio
+(precomputed).
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ class CodecState:
     disc_params: Any = None
     disc_opt_state: Any = None
     balancer_ema: Any = None
+    distill_params: Any = None
+    distill_opt_state: Any = None
 
 
 def reconstruction_terms(config: Any, audio: jnp.ndarray, recon: jnp.ndarray) -> dict:
@@ -70,6 +83,12 @@ class CodecTask:
                 filters=int(a.filters), n_ffts=tuple(a.n_ffts), hop_lengths=tuple(a.hop_lengths),
                 win_lengths=tuple(a.n_ffts))
             self.disc_optimizer = optax.adam(float(a.learning_rate), b1=float(a.b1), b2=float(a.b2))
+        self.distill = config.get("distill", None)
+        self.distilling = bool(self.distill is not None and self.distill.enabled)
+        self._teacher = None
+        if self.distilling:
+            self.distill_head = nn.Dense(int(self.distill.teacher_dim), use_bias=False,
+                                         name="distill_head")
         self._recon = jax.jit(self._reconstruct)
 
     # ---------------------------------------------------------------- state
@@ -94,16 +113,70 @@ class CodecTask:
         if self.config.loss.balancer:
             state = state.replace(balancer_ema={k: jnp.zeros((), jnp.float32)
                                                 for k in self._balanced_names()})
+        if self.distilling:
+            semantic = jax.eval_shape(
+                lambda v: self.model.apply(v, dummy, train=False).get("semantic_quantized"),
+                variables)
+            if semantic is None:
+                raise ValueError("config key 'distill.enabled': distillation needs a semantic "
+                                 "level (quantizer.kind='split_rvq')")
+            head = self.distill_head.init(jax.random.fold_in(k_state, 7),
+                                          jnp.zeros(semantic.shape, jnp.float32))["params"]
+            state = state.replace(distill_params=head, distill_opt_state=self.optimizer.init(head))
         return state
 
     def _balanced_names(self) -> list[str]:
         names = list(reconstruction_terms(self.config, jnp.zeros((1, 4096)), jnp.zeros((1, 4096))))
         if self.adversarial:
             names += ["adv", "feat"]
+        if self.distilling:
+            names += ["distill"]
         return names
 
     def prepare_batch(self, host_batch: Any) -> dict:
-        return {"audio": np.asarray(host_batch["audio"], np.float32)}
+        audio = np.asarray(host_batch["audio"], np.float32)
+        if not self.distilling:
+            return {"audio": audio}
+        return {"audio": audio, "teacher": self.teacher_features(host_batch)}
+
+    def teacher_features(self, host_batch: Any) -> np.ndarray:
+        """[B, frames, teacher_dim] at the teacher's rate: read with the audio or computed."""
+        from audiolm_jax.codec import teachers
+
+        d = self.distill
+        audio = np.asarray(host_batch["audio"], np.float32)
+        if d.teacher == "precomputed":
+            if "features" not in host_batch:
+                raise ValueError("config key 'distill.teacher' is 'precomputed' but the batches "
+                                 "carry no features (build the iterator with "
+                                 "codec.data.make_train_iterator)")
+            return teachers.check_features(host_batch["features"], audio.shape[0],
+                                           int(d.teacher_dim), "the precomputed features")
+        if self._teacher is None:
+            self._teacher = teachers.make_teacher(d)
+        feats = self._teacher(audio, int(self.config.data.sample_rate))
+        return teachers.check_features(feats, audio.shape[0], int(d.teacher_dim),
+                                       f"teacher {d.function}")
+
+    def _teacher_at_codec_rate(self, teacher: jnp.ndarray, num_samples: int,
+                               codec_frames: int) -> jnp.ndarray:
+        """Resamples [B, F, D] teacher frames to the codec's frames (static shapes, so the map
+        is a constant of the compiled step)."""
+        from audiolm_jax.codec.model import hop_length
+
+        sr = float(self.config.data.sample_rate)
+        teacher_rate = float(self.distill.feature_rate) or teacher.shape[1] * sr / num_samples
+        hop = hop_length(self.config)
+        if -(-num_samples // hop) != codec_frames:  # a model hop_length() does not describe
+            hop = num_samples / codec_frames
+        matrix = losses_lib.feature_resampling_matrix(teacher.shape[1], teacher_rate,
+                                                      codec_frames, sr / hop)
+        return jnp.einsum("nf,bfd->bnd", jnp.asarray(matrix), teacher.astype(jnp.float32))
+
+    def _distill_terms(self, distill_params, semantic, teacher):
+        """Unweighted cosine distance of the projected semantic output; aux: the cosine."""
+        student = self.distill_head.apply({"params": distill_params}, semantic.astype(jnp.float32))
+        return losses_lib.cosine_distillation_loss(student, teacher)
 
     # ---------------------------------------------------------------- step
     def _term_weights(self, step: jnp.ndarray) -> dict:
@@ -143,40 +216,83 @@ class CodecTask:
             out, mutated = self.model.apply(
                 {"params": params, "vq_stats": state.vq_stats}, audio, train=True,
                 init_codebooks=False, rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
-            return (out["recon"], out["commit_loss"]), (out, mutated["vq_stats"])
+            primals = (out["recon"], out["commit_loss"])
+            if self.distilling:
+                primals += (out["semantic_quantized"],)
+            return primals, (out, mutated["vq_stats"])
 
-        (recon, commit), gen_vjp, (out, new_stats) = jax.vjp(generator, state.params, has_aux=True)
+        primals, gen_vjp, (out, new_stats) = jax.vjp(generator, state.params, has_aux=True)
+        recon, commit = primals[:2]
         terms, terms_vjp = jax.vjp(lambda r: self._generator_terms(state.disc_params, audio, r), recon)
         weights = self._term_weights(state.step)
         metrics = {}
+        distill_updates = {}
+        if self.distilling:
+            semantic = primals[2]
+            teacher = self._teacher_at_codec_rate(batch["teacher"], audio.shape[-1],
+                                                  semantic.shape[1])
+            (d_loss, d_cos), (g_semantic, g_head) = jax.value_and_grad(
+                self._distill_terms, argnums=(1, 0), has_aux=True)(
+                    state.distill_params, semantic, teacher)
+            d_weight = jnp.float32(self.distill.weight)
+            # The head learns from the unweighted loss: with weight 0 it is a linear probe of
+            # how much of the teacher the semantic level carries without being distilled.
+            head_updates, head_opt = self.optimizer.update(g_head, state.distill_opt_state,
+                                                           state.distill_params)
+            distill_updates = dict(
+                distill_params=optax.apply_updates(state.distill_params, head_updates),
+                distill_opt_state=head_opt)
+            metrics.update({"distill_loss": d_loss, "distill_cosine": d_cos})
         balancer_ema = state.balancer_ema
         if self.config.loss.balancer:
             from audiolm_jax.codec.balancer import balance_gradients
 
             unit = {k: jnp.zeros_like(v) for k, v in terms.items()}
             grads = {k: terms_vjp({**unit, k: jnp.ones_like(terms[k])})[0] for k in terms}
-            g_recon, balancer_ema, bal_metrics = balance_gradients(
-                grads, weights, state.balancer_ema, ema_decay=float(self.config.loss.balancer_decay))
+            decay = float(self.config.loss.balancer_decay)
+            recon_share, ema = 1.0, dict(state.balancer_ema)
+            if self.distilling:
+                # One balancer over two outputs: the distillation gradient, at the semantic
+                # output, gets the share distill.weight / (all weights) of the unit total,
+                # so its weight compares directly with adv_weight, feat_weight, ...
+                all_w = jnp.maximum(sum(weights.values()) + d_weight, 1e-12)
+                recon_share = sum(weights.values()) / all_w
+                g_semantic, d_ema, distill_balance = balance_gradients(
+                    {"distill": g_semantic}, {"distill": d_weight},
+                    {"distill": ema.pop("distill")}, ema_decay=decay,
+                    total_norm=d_weight / all_w)
+                metrics.update({f"balancer/{k}": v for k, v in distill_balance.items()})
+            g_recon, ema, bal_metrics = balance_gradients(
+                grads, weights, ema, ema_decay=decay, total_norm=recon_share)
+            balancer_ema = {**ema, **d_ema} if self.distilling else ema
             metrics.update({f"balancer/{k}": v for k, v in bal_metrics.items()})
         else:
             g_recon = terms_vjp({k: weights[k].astype(v.dtype) for k, v in terms.items()})[0]
+            if self.distilling:
+                g_semantic = d_weight * g_semantic
         commit_w = jnp.asarray(self.config.loss.commit_weight, commit.dtype)
-        (grads,) = gen_vjp((g_recon, commit_w))
+        cotangents = (g_recon, commit_w)
+        if self.distilling:
+            cotangents += (g_semantic.astype(semantic.dtype),)
+        (grads,) = gen_vjp(cotangents)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
         total = commit_w * commit + sum(weights[k] * v for k, v in terms.items())
+        if self.distilling:
+            total = total + d_weight * d_loss
         metrics.update({
             "loss": total, "commit_loss": commit, "grad_norm": optax.global_norm(grads),
             "learning_rate": self.schedule(state.step),
             **{f"loss/{k}": v for k, v in terms.items()},
         })
-        for name in ("usage", "perplexity", "codes_reset"):
+        for name in ("usage", "perplexity", "codes_reset", "bypass_frac"):
             if name in out.get("metrics", {}):
                 metrics[f"vq/{name}"] = out["metrics"][name]
 
         new_state = state.replace(step=state.step + 1, params=params, vq_stats=new_stats,
-                                  opt_state=opt_state, rng=rng, balancer_ema=balancer_ema)
+                                  opt_state=opt_state, rng=rng, balancer_ema=balancer_ema,
+                                  **distill_updates)
         if self.adversarial:
             new_state, d_metrics = self._discriminator_update(new_state, state.disc_params, audio,
                                                               jax.lax.stop_gradient(recon))

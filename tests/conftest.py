@@ -6,8 +6,11 @@ compiled once per session; it is keyed by the program, so it cannot change resul
 import os
 import tempfile
 
+# The collective timeout is raised so 8 fake devices sharing 2 busy cores (two test workers)
+# wait for each other instead of aborting with "rendezvous termination timeout".
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",

@@ -22,6 +22,20 @@ TINY_LM = os.path.join(REPO, "configs", "lm", "tiny_flat.py")
 STEPS = 8
 COMMON = [f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=3",
           "--config.train.log_every=1", "--config.train.progress=False"]
+# The codec runs use a smaller model than tiny_cnn: compilation is most of their time.
+SMALL_CODEC = {"model.res_blocks": 1, "model.channels": 8, "quantizer.num_levels": 2,
+               "quantizer.kmeans_iters": 3}
+SMALL_CODEC_FLAGS = [f"--config.{k}={v}" for k, v in SMALL_CODEC.items()]
+
+
+def small_codec_config():
+    from audiolm_jax.codec.config import tiny_cnn_config
+
+    c = tiny_cnn_config()
+    for key, value in SMALL_CODEC.items():
+        section, leaf = key.split(".")
+        c[section][leaf] = value
+    return c
 
 
 def _start(args, kill_at_save=0):
@@ -73,7 +87,8 @@ def test_codec_killed_inside_a_save_resumes_exactly(tmp_path):
     from audiolm_jax.codec.config import tiny_cnn_config
 
     workdir = str(tmp_path / "killed")
-    args = ["train-codec", f"--config={TINY_CODEC}", f"--workdir={workdir}", *COMMON]
+    args = ["train-codec", f"--config={TINY_CODEC}", f"--workdir={workdir}", *COMMON,
+            *SMALL_CODEC_FLAGS]
     # SIGKILL inside the commit (rename) of checkpoint 6: its files are all written.
     code, out = _finish(_start(args, kill_at_save=6))
     assert code == -signal.SIGKILL, out[-3000:]
@@ -83,7 +98,7 @@ def test_codec_killed_inside_a_save_resumes_exactly(tmp_path):
     assert code == 0, out[-3000:]
     assert _checkpoints(workdir)[-1] == STEPS
 
-    config = tiny_cnn_config()
+    config = small_codec_config()
     config.train.update(num_steps=STEPS, checkpoint_every=3, log_every=1, progress=False)
     train_codec(config, str(tmp_path / "uninterrupted"))
     assert _records(read_step_log(workdir)) == _records(
@@ -149,7 +164,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     batches = [{"audio": (0.1 * rng.standard_normal((8, 4096))).astype(np.float32)}
                for _ in range(6)]
-    c = tiny_cnn_config()
+    c = small_codec_config()
     c.train.update(num_steps=6, checkpoint_every=4, log_every=1, progress=False)
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     _, full = train_loop(CodecTask(c), c, str(tmp_path / "a"), _SigtermAt(batches))

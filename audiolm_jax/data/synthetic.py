@@ -386,18 +386,10 @@ def write_synthetic_wavs(folder: str | os.PathLike, n: int, sample_rate: int = 1
     Files are named ``synth_{i:05d}.wav`` (item ``i`` of the corpus with the
     given seed/split), so they sort in corpus order.
     """
-    from audiolm_jax.data.audio_io import save_wav  # pylint: disable=g-import-not-at-top
-
     corpus = SyntheticSpeechCorpus(sample_rate=sample_rate, num_utterances=n,
                                    utterance_seconds=seconds, seed=seed,
                                    num_voices=num_voices, split=split)
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = os.path.join(os.fspath(folder), f"synth_{i:05d}.wav")
-        save_wav(path, corpus[i]["audio"], sample_rate)
-        paths.append(path)
-    return paths
+    return _write_items(folder, corpus, "synth", lambda item: item["audio"])
 
 
 class SyntheticDialogueCorpus:
@@ -491,14 +483,20 @@ def write_synthetic_dialogues(folder: str | os.PathLike, n: int, sample_rate: in
     """Write ``n`` synthetic conversations as stereo 16-bit WAVs (``dialogue_{i:05d}.wav``,
     channel 0 = speaker A, channel 1 = speaker B); returns their paths. Tokenize them with
     ``audiolm-jax tokenize --stereo_streams`` for a duplex LM."""
-    from audiolm_jax.data.audio_io import save_wav  # pylint: disable=g-import-not-at-top
 
     corpus = SyntheticDialogueCorpus(sample_rate=sample_rate, num_dialogues=n, seconds=seconds,
                                      seed=seed, num_voices=num_voices, split=split)
+    return _write_items(folder, corpus, "dialogue", lambda item: item["audio"].T)
+
+
+def _write_items(folder, corpus, prefix: str, samples) -> list[str]:
+    """Every item of ``corpus`` as ``{prefix}_{i:05d}.wav`` (16-bit) in ``folder``."""
+    from audiolm_jax.data.audio_io import save_wav  # pylint: disable=g-import-not-at-top
+
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for i in range(n):
-        path = os.path.join(os.fspath(folder), f"dialogue_{i:05d}.wav")
-        save_wav(path, corpus[i]["audio"].T, sample_rate)
+    for i in range(len(corpus)):
+        path = os.path.join(os.fspath(folder), f"{prefix}_{i:05d}.wav")
+        save_wav(path, samples(corpus[i]), corpus.sample_rate)
         paths.append(path)
     return paths

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import sample_logits
+from audiolm_jax.lm.sampling import broadcast_forced, sample_logits
 from audiolm_jax.lm.transformer import init_cache
 
 __all__ = ["generate_depth", "generate_depth_cache_size"]
@@ -114,12 +114,7 @@ def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
     if total > context:
         raise ValueError(f"prompt ({prompt.shape[-1]} steps) + num_new_frames ({num_new}) = "
                          f"{total} exceeds the model's context of {context} steps")
-    if (forced is None) != (forced_mask is None):
-        raise ValueError("forced and forced_mask go together")
-    if forced is not None:
-        out_shape = prompt.shape[:-1] + (total,)
-        forced = jnp.broadcast_to(jnp.asarray(forced, jnp.int32), out_shape)
-        forced_mask = jnp.broadcast_to(jnp.asarray(forced_mask, bool), out_shape)
+    forced, forced_mask = broadcast_forced(forced, forced_mask, prompt.shape[:-1] + (total,))
     allowed = cfg.codebook_size if allowed_vocab is None else int(allowed_vocab)
     return _generate_depth_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                                jnp.asarray(top_p, jnp.float32), forced, forced_mask,

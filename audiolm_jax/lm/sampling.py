@@ -200,17 +200,22 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
         raise ValueError(f"prompt + num_new = {total} exceeds the learned context {cfg.context}"
                          if total > cfg.context else
                          f"max_length {max_length} exceeds the learned context {cfg.context}")
-    if (forced is None) != (forced_mask is None):
-        raise ValueError("forced and forced_mask go together")
-    if forced is not None:
-        out_shape = prompt.shape[:-1] + (total,)
-        forced = jnp.broadcast_to(jnp.asarray(forced, jnp.int32), out_shape)
-        forced_mask = jnp.broadcast_to(jnp.asarray(forced_mask, bool), out_shape)
+    forced, forced_mask = broadcast_forced(forced, forced_mask, prompt.shape[:-1] + (total,))
     return _generate_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                          jnp.asarray(top_p, jnp.float32), forced, forced_mask,
                          num_new=num_new, top_k=int(top_k), max_length=max_length,
                          allowed_vocab=None if allowed_vocab is None else int(allowed_vocab),
                          use_top_p=not _keeps_everything(top_p))
+
+
+def broadcast_forced(forced, forced_mask, out_shape):
+    """``(forced, forced_mask)`` broadcast to the sampler's output shape (both or neither)."""
+    if (forced is None) != (forced_mask is None):
+        raise ValueError("forced and forced_mask go together")
+    if forced is None:
+        return None, None
+    return (jnp.broadcast_to(jnp.asarray(forced, jnp.int32), out_shape),
+            jnp.broadcast_to(jnp.asarray(forced_mask, bool), out_shape))
 
 
 def _keeps_everything(top_p) -> bool:

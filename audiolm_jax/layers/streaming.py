@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from audiolm_jax.layers.conv import conv_transpose1d_full, weight_norm_kernel
+from audiolm_jax.layers.conv import conv1d_valid, conv_transpose1d_full, weight_norm_kernel
 
 Array = jax.Array
 
@@ -40,10 +40,7 @@ def conv1d_step(params: Mapping[str, Any], buffer: Array, x: Array, stride: int 
     """``(y [B, n / stride, C_out], new_buffer)`` for a chunk ``x [B, n, C_in]``."""
     kernel = layer_kernel(params)
     full = jnp.concatenate([buffer.astype(x.dtype), x], axis=1)
-    y = jax.lax.conv_general_dilated(
-        full, kernel.astype(x.dtype), window_strides=(stride,), padding=[(0, 0)],
-        rhs_dilation=(dilation,), feature_group_count=groups,
-        dimension_numbers=("NWC", "WIO", "NWC"))
+    y = conv1d_valid(full, kernel.astype(x.dtype), stride, dilation, groups)
     if "bias" in params:
         y = y + params["bias"].astype(y.dtype)
     keep = buffer.shape[1]

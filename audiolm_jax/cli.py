@@ -404,9 +404,6 @@ COMMANDS = {
 
 
 def _main(command, argv):
-    from audiolm_jax.host_memory import keep_freed_host_memory
-
-    keep_freed_host_memory()  # before JAX's thread pools exist; see host_memory.py
     from audiolm_jax.config_check import ConfigError
     from audiolm_jax.data.audio_io import AudioDecodeError
 

@@ -67,16 +67,13 @@ def main():
     p.add_argument("--configs", default="article_cnn,soundstream")
     p.add_argument("--platform", default=None, help="cpu, gpu or tpu (default: JAX's default)")
     args = p.parse_args()
-    from audiolm_jax.host_memory import keep_freed_host_memory
-
-    host_memory_kept = keep_freed_host_memory()  # as the CLI does, before JAX starts threads
     if args.platform:
         jax.config.update("jax_platforms", args.platform)
     results = {name: bench(name, args.seconds, args.batch) for name in args.configs.split(",")}
     print(json.dumps({"benchmark": "codec_speed", "device": str(jax.devices()[0].device_kind),
                       "machine": platform.processor() or platform.machine(),
                       "cpu_count": os.cpu_count(), "seconds": args.seconds, "batch": args.batch,
-                      "host_memory_kept": host_memory_kept, "results": results}, indent=2))
+                      "results": results}, indent=2))
 
 
 if __name__ == "__main__":

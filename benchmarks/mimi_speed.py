@@ -5,9 +5,7 @@ same config and the same random weights, in the same run. Needs the ``peers`` ex
 
 Prints one JSON object. Real-time factor = compute seconds / audio seconds (lower is faster);
 ``*_speedup`` = reference seconds / our seconds (above 1: ours is faster). Timings are medians
-after a warm-up call (which, for ours, includes compilation). glibc is told to keep freed memory
-(``audiolm_jax.host_memory``, as the CLI does; ``AUDIOLM_JAX_KEEP_HOST_MEMORY=0`` turns it off),
-which both sides share: they run in one process.
+after a warm-up call (which, for ours, includes compilation).
 """
 
 from __future__ import annotations
@@ -44,10 +42,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from audiolm_jax.host_memory import keep_freed_host_memory
-
-    # As the CLI does, before JAX or torch start threads; applies to both sides of the run.
-    host_memory_kept = keep_freed_host_memory()
     import jax
     import torch
 
@@ -100,8 +94,7 @@ def main() -> None:
         "seconds": args.seconds, "codebooks": args.codebooks, "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(), "jax_backend": jax.default_backend(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "load_average": os.getloadavg(), "host_memory_kept": host_memory_kept, **results},
-        indent=1))
+        "load_average": os.getloadavg(), **results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -254,7 +254,10 @@ class CausalSelfAttention(nn.Module):
 
         out_w = _param(self, "out_kernel", (H, D, W), ("heads", "kv", "embed"),
                        _normal(_residual_std(cfg)))
-        y = jnp.einsum("bthd,hdw->btw", y, out_w.astype(cfg.dtype))
+        # As one [B, T, H*D] x [H*D, W] matmul: with the 3-D einsum, XLA re-laid the kernel
+        # out (a copy) at every step of the sampling loop.
+        B, T = y.shape[:2]
+        y = y.reshape(B, T, H * D) @ out_w.reshape(H * D, W).astype(cfg.dtype)
         if cfg.bias:
             y = y + _param(self, "out_bias", (W,), ("embed",),
                            nn.initializers.zeros).astype(cfg.dtype)

@@ -79,7 +79,10 @@ def bench_ours(args, batches):
                        "call_s": [round(t, 4) for t in times],
                        "compile_plus_first_call_s": round(compile_s, 3)}
     dev = jax.devices()[0]
-    return out, f"{dev.platform}: {dev.device_kind}"
+    from audiolm_jax.xla_options import lm_cpu_options
+
+    # what generate() compiles with (CPU matmul kernels, audiolm_jax/xla_options.py)
+    return out, f"{dev.platform}: {dev.device_kind}", lm_cpu_options("sample")
 
 
 def bench_torch(args, batches):
@@ -128,13 +131,14 @@ def main(argv=None):
     if args.platform is not None:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(args.platform, args.platform)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
-    ours, device = bench_ours(args, batches)
+    ours, device, options = bench_ours(args, batches)
     peer = None if args.no_torch else bench_torch(args, batches)
     result = {
         "config": {"layers": args.layers, "width": args.width, "heads": args.heads,
                    "vocab": args.vocab, "prompt": args.prompt, "new": args.new,
                    "repeats": args.repeats},
         "device": device,
+        "compiler_options": options,
         "ours_tokens_per_s": {b: ours[b]["tokens_per_s"] for b in ours},
         "torch_tokens_per_s": None if peer is None else {b: peer[b]["tokens_per_s"] for b in ours},
         "ratio_ours_over_torch": None if peer is None else {

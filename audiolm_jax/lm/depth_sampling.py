@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from audiolm_jax.lm.depth import DepthTransformerLM
 from audiolm_jax.lm.sampling import broadcast_forced, sample_logits
 from audiolm_jax.lm.transformer import init_cache
+from audiolm_jax.xla_options import lm_cpu_options
 
 __all__ = ["generate_depth", "generate_depth_cache_size"]
 
@@ -70,13 +71,17 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
     return out
 
 
-_generate_depth_jit = jax.jit(
-    _generate_depth_impl, static_argnames=("model", "num_new", "top_k", "allowed_vocab"))
+@functools.cache
+def _generate_depth_jit():
+    # Built on first use, like sampling._generate_jit (the options query the backend).
+    return jax.jit(_generate_depth_impl,
+                   static_argnames=("model", "num_new", "top_k", "allowed_vocab"),
+                   compiler_options=lm_cpu_options("sample"))
 
 
 def generate_depth_cache_size() -> int:
     """How many compiled versions of the depth sampler exist (for recompilation checks)."""
-    return _generate_depth_jit._cache_size()
+    return _generate_depth_jit()._cache_size()
 
 
 def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
@@ -116,6 +121,6 @@ def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
                          f"{total} exceeds the model's context of {context} steps")
     forced, forced_mask = broadcast_forced(forced, forced_mask, prompt.shape[:-1] + (total,))
     allowed = cfg.codebook_size if allowed_vocab is None else int(allowed_vocab)
-    return _generate_depth_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
+    return _generate_depth_jit()(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                                jnp.asarray(top_p, jnp.float32), forced, forced_mask,
                                num_new=num_new, top_k=int(top_k), allowed_vocab=allowed)

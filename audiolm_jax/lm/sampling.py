@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiolm_jax.lm.transformer import Transformer, init_cache
+from audiolm_jax.xla_options import lm_cpu_options
 
 __all__ = ["sample_logits", "generate", "generate_cache_size", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
@@ -150,14 +151,19 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
     return out
 
 
-_generate_jit = jax.jit(
-    _generate_impl,
-    static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p"))
+@functools.cache
+def _generate_jit():
+    # Built on first use: the CPU kernel options query the backend, which must not happen at
+    # import (a multi-process job initialises jax.distributed first).
+    return jax.jit(
+        _generate_impl,
+        static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p"),
+        compiler_options=lm_cpu_options("sample"))
 
 
 def generate_cache_size() -> int:
     """How many compiled versions of the generate function exist (for recompilation checks)."""
-    return _generate_jit._cache_size()
+    return _generate_jit()._cache_size()
 
 
 def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Array, *,
@@ -201,7 +207,7 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
                          if total > cfg.context else
                          f"max_length {max_length} exceeds the learned context {cfg.context}")
     forced, forced_mask = broadcast_forced(forced, forced_mask, prompt.shape[:-1] + (total,))
-    return _generate_jit(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
+    return _generate_jit()(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                          jnp.asarray(top_p, jnp.float32), forced, forced_mask,
                          num_new=num_new, top_k=int(top_k), max_length=max_length,
                          allowed_vocab=None if allowed_vocab is None else int(allowed_vocab),

@@ -26,6 +26,7 @@ from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_dep
 from audiolm_jax.lm.patterns import make_pattern
 from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
 from audiolm_jax.train.optim import make_optimizer
+from audiolm_jax.xla_options import lm_cpu_options
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -174,6 +175,10 @@ class LMTask:
         else:
             per, cnt = jnp.sum(ce * valid, axis=(0, 2)), jnp.sum(valid, axis=(0, 2))
         return loss, {"level_losses": per / jnp.maximum(cnt, 1.0), "tokens": jnp.sum(valid)}
+
+    def compiler_options(self) -> dict | None:
+        """Backend options for the compiled train step (CPU matmul kernels; xla_options.py)."""
+        return lm_cpu_options("train")
 
     def train_step(self, state: LMState, batch: dict) -> tuple[LMState, dict]:
         rng, k_drop = jax.random.split(state.rng)

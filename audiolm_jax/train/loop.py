@@ -105,7 +105,9 @@ def compile_step(task: Task, state_shardings, mesh) -> Callable:
         task.train_step,
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=(0,))
+        donate_argnums=(0,),
+        # A task may ask for backend options (the LM: CPU matmul kernels, xla_options.py).
+        compiler_options=task.compiler_options() if hasattr(task, "compiler_options") else None)
 
 
 def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = None,

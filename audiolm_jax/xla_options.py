@@ -18,10 +18,12 @@ other programs in the process, and the backend is only queried when a program is
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
 import jax
+import jax.numpy as jnp
 
 _DOT = "LIBRARY_FUSION_TYPE_DOT"
 _ELTWISE = "LIBRARY_FUSION_TYPE_ELTWISE"
@@ -45,4 +47,18 @@ def lm_cpu_options(kind: str) -> dict | None:
         return None
     if jax.default_backend() != "cpu":
         return None
+    if not _accepted(kind):
+        return None
     return dict(_OPTIONS[kind])
+
+
+@functools.cache
+def _accepted(kind: str) -> bool:
+    """Whether this jax/jaxlib compiles with the options (they are experimental XLA flags,
+    checked on jax 0.10; another version may not know them): one tiny program, compiled once."""
+    try:
+        jax.jit(lambda x: x @ x, compiler_options=_OPTIONS[kind]).lower(
+            jax.ShapeDtypeStruct((8, 8), jnp.float32)).compile()
+    except Exception:  # TypeError (old jit signature) or XLA's INVALID_ARGUMENT
+        return False
+    return True

@@ -70,3 +70,16 @@ def test_tuned_train_step_matches_default_compile():
             losses.append(float(loss))
         results.append(losses)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5)
+
+
+def test_unknown_options_fall_back_to_defaults(monkeypatch):
+    """A jaxlib that does not know an option must get XLA's defaults, not a failing compile."""
+    from audiolm_jax import xla_options
+
+    monkeypatch.setitem(xla_options._OPTIONS, "train",
+                        {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"})
+    xla_options._accepted.cache_clear()
+    try:
+        assert xla_options.lm_cpu_options("train") is None
+    finally:
+        xla_options._accepted.cache_clear()

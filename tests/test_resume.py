@@ -84,7 +84,6 @@ def tokens_dir(tmp_path_factory):
 
 def test_codec_killed_inside_a_save_resumes_exactly(tmp_path):
     from audiolm_jax.cli import train_codec
-    from audiolm_jax.codec.config import tiny_cnn_config
 
     workdir = str(tmp_path / "killed")
     args = ["train-codec", f"--config={TINY_CODEC}", f"--workdir={workdir}", *COMMON,
@@ -156,7 +155,6 @@ class _SigtermAt:
 
 
 def test_sigterm_checkpoints_the_current_step_and_resumes(tmp_path):
-    from audiolm_jax.codec.config import tiny_cnn_config
     from audiolm_jax.codec.task import CodecTask
     from audiolm_jax.train.checkpoint import Checkpointer
     from audiolm_jax.train.loop import Preempted, train_loop

@@ -1,11 +1,14 @@
 """Mimi encode/decode speed: transformers ``MimiModel`` (PyTorch eager) against ours (JAX, jit),
 same config and the same random weights, in the same run. Needs the ``peers`` extra.
 
-    python benchmarks/mimi_speed.py [--seconds 10] [--batches 1,8] [--codebooks 8] [--repeats 3]
+    python benchmarks/mimi_speed.py [--seconds 10] [--batches 1,8] [--codebooks 8] [--repeats 5]
 
 Prints one JSON object. Real-time factor = compute seconds / audio seconds (lower is faster);
 ``*_speedup`` = reference seconds / our seconds (above 1: ours is faster). Timings are medians
-after a warm-up call (which, for ours, includes compilation).
+after a warm-up call (which, for ours, includes compilation). The two sides are timed in
+alternation (reference call, our call, reference call, ...), so a burst of load from another
+tenant of a shared machine slows both rather than one; ``*_speedup_per_round`` is the median
+of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -24,14 +27,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # the shared randomised reference
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
+def interleaved_seconds(ref_fn, our_fn, repeats: int) -> tuple[float, float, float]:
+    """(median reference seconds, median our seconds, median per-round ratio) over ``repeats``
+    alternating rounds, after one warm-up call of each."""
+    ref_fn()
+    our_fn()
+    ref_times, our_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for fn, times in ((ref_fn, ref_times), (our_fn, our_times)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    ratios = [r / o for r, o in zip(ref_times, our_times)]
+    return float(np.median(ref_times)), float(np.median(our_times)), float(np.median(ratios))
 
 
 def main() -> None:
@@ -39,7 +47,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--codebooks", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     import jax
@@ -78,15 +86,16 @@ def main() -> None:
             with torch.inference_mode():
                 reference.decode(ref_codes)
 
-        t_ref_enc = median_seconds(ref_encode, args.repeats)
-        t_ref_dec = median_seconds(ref_decode, args.repeats)
-        t_enc = median_seconds(lambda: jax.block_until_ready(encode(variables, audio)), args.repeats)
-        t_dec = median_seconds(lambda: jax.block_until_ready(decode(variables, codes)), args.repeats)
+        t_ref_enc, t_enc, enc_rounds = interleaved_seconds(
+            ref_encode, lambda: jax.block_until_ready(encode(variables, audio)), args.repeats)
+        t_ref_dec, t_dec, dec_rounds = interleaved_seconds(
+            ref_decode, lambda: jax.block_until_ready(decode(variables, codes)), args.repeats)
         total = args.seconds * batch
         results[f"batch_{batch}"] = {
             "transformers_encode_rtf": t_ref_enc / total, "ours_encode_rtf": t_enc / total,
             "transformers_decode_rtf": t_ref_dec / total, "ours_decode_rtf": t_dec / total,
             "encode_speedup": t_ref_enc / t_enc, "decode_speedup": t_ref_dec / t_dec,
+            "encode_speedup_per_round": enc_rounds, "decode_speedup_per_round": dec_rounds,
             "codes_identical": same,
         }
     print(json.dumps({

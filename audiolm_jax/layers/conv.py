@@ -27,6 +27,7 @@ Kernel layouts (for porting torch weights):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -121,29 +122,32 @@ def conv1d_padding(length: int, kernel_size: int, stride: int, dilation: int,
     return int(left), int(right)
 
 
-# Below this many input taps (kernel x input channels) a convolution is cheaper as one
-# matmul over stacked shifted copies of the input than as an XLA convolution: e.g. the
-# first SEANet layer (1 channel, kernel 7) on 10 s of 24 kHz audio ran 38 ms as an XLA
-# convolution and 24 ms this way on the 2-core CPU (BUILD_NOTES.md, "Mimi speed").
-_IM2COL_MAX_TAPS = 16
+# Below this many input taps (kernel x input channels) a convolution is cheaper as a sum of
+# shifted, broadcast products of the input, which XLA fuses into one elementwise pass (with
+# the bias and activation that follow), than as an XLA convolution or an im2col matmul: the
+# first SEANet layer (1 channel, kernel 7) on 10 s of 24 kHz audio took 38 ms as a
+# convolution, 24 ms + a 6 ms gather as a matmul, and 31 ms -> ~15 ms (bias included) this
+# way, with 60 MB less temporary memory (BUILD_NOTES.md, "Mimi speed").
+_FEW_TAPS = 16
 
 
 def conv1d_valid(x: Array, kernel: Array, stride: int = 1, dilation: int = 1,
                  groups: int = 1) -> Array:
     """Unpadded ('valid') convolution of ``x [B, T, C_in]`` with ``kernel [K, C_in // groups,
-    C_out]``. Kernel-1 and few-tap convolutions run as matmuls, which XLA:CPU executes
-    several times faster than the equivalent convolution (a 1x1 convolution at 240k steps:
-    34 ms as a convolution, 8 ms as a matmul); everything else is ``conv_general_dilated``.
+    C_out]``. Kernel-1 convolutions run as matmuls, which XLA:CPU executes several times
+    faster than the equivalent convolution (a 1x1 convolution at 240k steps: 34 ms as a
+    convolution, 8 ms as a matmul), and few-tap ones as fused broadcast products;
+    everything else is ``conv_general_dilated``.
     """
     k, ci, co = kernel.shape
     if groups == 1 and stride == 1:
         if k == 1:
             return jnp.einsum("btc,co->bto", x, kernel[0])
-        if k * ci <= _IM2COL_MAX_TAPS:
+        if k * ci <= _FEW_TAPS:
             n = x.shape[1] - (k - 1) * dilation
-            taps = jnp.concatenate([x[:, j * dilation: j * dilation + n] for j in range(k)],
-                                   axis=-1)  # [B, n, K * C_in], tap-major like the kernel
-            return jnp.einsum("btc,co->bto", taps, kernel.reshape(k * ci, co))
+            terms = [x[:, j * dilation: j * dilation + n, i: i + 1] * kernel[j, i]
+                     for j in range(k) for i in range(ci)]
+            return functools.reduce(jnp.add, terms)
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride,), padding=[(0, 0)], rhs_dilation=(dilation,),
         feature_group_count=groups, dimension_numbers=("NWC", "WIO", "NWC"))

@@ -9,6 +9,7 @@ call with the same shapes compiles first and is not timed. Peer: ``GPT2LMHeadMod
 n_layer, n_embd, n_head, vocab_size, n_positions))`` ``.generate(do_sample=True, top_k=0,
 max_new_tokens=new, min_new_tokens=new, use_cache=True)`` under ``torch.no_grad()`` (also warmed
 up once). tokens/s = batch * new / median wall time of a call (prefill included on both sides).
+The two sides' timed calls alternate (peer, ours, peer, ...).
 
 Prints one JSON object; ``"torch": null`` when transformers/torch are missing.
 """
@@ -37,60 +38,53 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def bench_ours(args, batches):
+def ours_calls(args, batches):
+    """{batch: call} for our sampler (each call draws with a new seed), device, options."""
     import flax.linen as nn
     import jax
     import numpy as np
 
     from audiolm_jax.lm.sampling import generate
     from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
+    from audiolm_jax.xla_options import lm_cpu_options
 
     cfg = TransformerConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
                             width=args.width, context=args.prompt + args.new)
     model = Transformer(cfg)
     params = nn.meta.unbox(jax.jit(lambda k: init_params(model, k))(jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
-    out = {}
+    calls = {}
     for b in batches:
         prompt = jax.numpy.asarray(rng.integers(0, args.vocab, (b, args.prompt), dtype=np.int32))
 
-        def call(seed=[0]):
+        def call(prompt=prompt, seed=[0]):
             seed[0] += 1
             toks = generate(model, params, prompt, args.new, jax.random.PRNGKey(seed[0]),
                             temperature=1.0, top_k=0)
             jax.block_until_ready(toks)
-            return toks
+            assert toks.shape == (prompt.shape[0], args.prompt + args.new), toks.shape
 
-        t0 = time.perf_counter()
-        toks = call()  # compile + warm-up, same shapes
-        compile_s = time.perf_counter() - t0
-        assert toks.shape == (b, args.prompt + args.new), toks.shape
-        med, times = median_time(call, args.repeats)
-        out[str(b)] = {"tokens_per_s": round(b * args.new / med, 1), "call_s_median": round(med, 4),
-                       "call_s": [round(t, 4) for t in times],
-                       "compile_plus_first_call_s": round(compile_s, 3)}
+        calls[b] = call
     dev = jax.devices()[0]
-    from audiolm_jax.xla_options import lm_cpu_options
-
     # what generate() compiles with (CPU matmul kernels, audiolm_jax/xla_options.py)
-    return out, f"{dev.platform}: {dev.device_kind}", lm_cpu_options("sample")
+    return calls, f"{dev.platform}: {dev.device_kind}", lm_cpu_options("sample")
 
 
-def bench_torch(args, batches):
+def torch_calls(args, batches):
+    """{batch: call} for Hugging Face GPT-2 ``generate``, and version info; None without
+    torch/transformers."""
     try:
         import torch
+        import transformers
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
-        return None
+        return None, None
     dev = torch.device("cuda" if args.platform == "gpu" and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.heads,
@@ -99,31 +93,31 @@ def bench_torch(args, batches):
                         bos_token_id=args.vocab - 1, eos_token_id=args.vocab - 1)
     model = GPT2LMHeadModel(config).to(dev).eval()
     g = torch.Generator().manual_seed(0)
-    out = {}
+    calls = {}
     for b in batches:
         prompt = torch.randint(0, args.vocab, (b, args.prompt), generator=g).to(dev)
-        attn = torch.ones_like(prompt)
 
-        def call():
+        def call(prompt=prompt):
             with torch.no_grad():
-                toks = model.generate(prompt, attention_mask=attn, do_sample=True, top_k=0,
-                                      temperature=1.0, max_new_tokens=args.new,
-                                      min_new_tokens=args.new, use_cache=True,
-                                      pad_token_id=config.eos_token_id)
+                toks = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                      do_sample=True, top_k=0, temperature=1.0,
+                                      max_new_tokens=args.new, min_new_tokens=args.new,
+                                      use_cache=True, pad_token_id=config.eos_token_id)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            return toks
+            assert toks.shape == (prompt.shape[0], args.prompt + args.new), tuple(toks.shape)
 
-        toks = call()  # warm-up
-        assert toks.shape == (b, args.prompt + args.new), tuple(toks.shape)
-        med, times = median_time(call, args.repeats)
-        out[str(b)] = {"tokens_per_s": round(b * args.new / med, 1), "call_s_median": round(med, 4),
-                       "call_s": [round(t, 4) for t in times]}
-    import transformers
-    out["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
-    out["torch_threads"] = torch.get_num_threads()
-    out["device"] = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
-    return out
+        calls[b] = call
+    info = {"versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "torch_threads": torch.get_num_threads(),
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)}
+    return calls, info
+
+
+def summary(times, b, args):
+    med = statistics.median(times)
+    return {"tokens_per_s": round(b * args.new / med, 1), "call_s_median": round(med, 4),
+            "call_s": [round(t, 4) for t in times]}
 
 
 def main(argv=None):
@@ -131,8 +125,25 @@ def main(argv=None):
     if args.platform is not None:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(args.platform, args.platform)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
-    ours, device, options = bench_ours(args, batches)
-    peer = None if args.no_torch else bench_torch(args, batches)
+    our_calls, device, options = ours_calls(args, batches)
+    peer_calls, peer_info = (None, None) if args.no_torch else torch_calls(args, batches)
+    ours, peer = {}, None if peer_calls is None else dict(peer_info)
+    for b in batches:
+        # Warm-up (our first call compiles), then the two sides alternate call by call, so
+        # load from other tenants of a shared machine falls on both rather than on one.
+        t0 = time.perf_counter()
+        our_calls[b]()
+        compile_s = time.perf_counter() - t0
+        if peer_calls is not None:
+            peer_calls[b]()
+        our_times, peer_times = [], []
+        for _ in range(args.repeats):
+            if peer_calls is not None:
+                peer_times.append(timed(peer_calls[b]))
+            our_times.append(timed(our_calls[b]))
+        ours[str(b)] = dict(summary(our_times, b, args), compile_plus_first_call_s=round(compile_s, 3))
+        if peer_calls is not None:
+            peer[str(b)] = summary(peer_times, b, args)
     result = {
         "config": {"layers": args.layers, "width": args.width, "heads": args.heads,
                    "vocab": args.vocab, "prompt": args.prompt, "new": args.new,

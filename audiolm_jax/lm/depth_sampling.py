@@ -1,7 +1,8 @@
 """Sampling from a :class:`~audiolm_jax.lm.depth.DepthTransformerLM`, frame by frame.
 
 :func:`generate_depth` is one jitted function: a prefill of the temporal transformer's KV cache
-with the prompt steps, then ONE ``jax.lax.scan`` over the new steps. Each scan step samples the
+with the prompt steps, then ``jax.lax.scan`` over the new steps (in chunks whose sampling noise
+is drawn at once, as in :mod:`audiolm_jax.lm.sampling`). Each scan step samples the
 frame's R levels with the depth transformer (``decode_frame``: level k's token feeds level
 k+1) and feeds the finished frame back through the temporal transformer. Compiled once per
 (model, shapes, num_new_frames, top_k, forcing or not); temperature and top_p are traced.
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import broadcast_forced, sample_logits
+from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise,
+                                     scan_steps_with_noise)
 from audiolm_jax.lm.transformer import init_cache
 from audiolm_jax.xla_options import lm_cpu_options
 
@@ -44,18 +46,16 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
     if num_new == 0:
         return out
 
-    def step(carry, i):
+    def step(carry, i, noise):  # noise [R, B, V]: level k's Gumbel noise
         out, cache, hidden = carry
         pos = P + i
-        frame_rng = jax.random.fold_in(rng, i)
         if forced is not None:
             f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=2, keepdims=False)  # [B, R]
             f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=2, keepdims=False)
 
         def choose(k, logits):
-            tok = sample_logits(logits, jax.random.fold_in(frame_rng, k),
-                                temperature=temperature, top_k=top_k, top_p=top_p,
-                                allowed_vocab=allowed_vocab)
+            tok = sample_with_noise(logits, noise[k], temperature=temperature, top_k=top_k,
+                                    top_p=top_p, allowed_vocab=allowed_vocab)
             return tok if forced is None else jnp.where(f_msk[:, k], f_tok[:, k], tok)
 
         frame, _ = apply(hidden, choose, method=DepthTransformerLM.decode_frame)  # [B, R]
@@ -64,10 +64,20 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
         # XLA copy the whole cache every step.
         new_hidden, cache = apply(frame[..., None], cache, pos,
                                   method=DepthTransformerLM.temporal_decode)
-        return (out, cache, new_hidden[:, -1]), None
+        return out, cache, new_hidden[:, -1]
 
-    (out, _, _), _ = jax.lax.scan(step, (out, cache, hidden[:, -1]),
-                                  jnp.arange(num_new, dtype=jnp.int32))
+    # Frame i, level k draws with fold_in(fold_in(rng, i), k): drawn for a chunk of frames at
+    # once (see sampling.scan_steps_with_noise), the same numbers as drawing inside the step.
+    V = model.config.depth.vocab_size
+    shape = (R, B, V)
+
+    def draw(steps):
+        frame_noise = lambda i: jax.vmap(lambda k: jax.random.gumbel(
+            jax.random.fold_in(jax.random.fold_in(rng, i), k), (B, V), jnp.float32))(
+                jnp.arange(R, dtype=jnp.int32))
+        return jax.vmap(frame_noise)(steps)
+
+    out, _, _ = scan_steps_with_noise(step, (out, cache, hidden[:, -1]), num_new, draw, shape)
     return out
 
 

@@ -44,7 +44,7 @@ Parameter tree (``B`` = bias, present only when ``config.bias``)::
 KV-cache decoding is a pure function of (params, cache, tokens, index)::
 
     model = Transformer(cfg)
-    cache = model.init_cache(batch_size, max_length)          # {'k', 'v'}: L x [B, H, S, D]
+    cache = model.init_cache(batch_size, max_length)          # {'k', 'v'}: L x [B*H, S, D]
     logits, cache = model.apply({'params': params}, prompt, cache, 0,
                                 method=Transformer.decode)     # prefill, P tokens at 0..P-1
     logits, cache = model.apply({'params': params}, next_tok, cache, P,
@@ -70,11 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-Cache = dict  # {'k': (one [batch, heads, max_length, head_dim] per layer), 'v': same}
+Cache = dict  # {'k': (one [batch * heads, max_length, head_dim] per layer), 'v': same}
 
 # Logical names of the residual stream, the logits and the KV cache.
 ACTIVATION_AXES = ("batch", "length", "embed")
-CACHE_AXES = ("batch", "heads", "length", "kv")  # each layer's k or v
+CACHE_AXES = ("batch_heads", "length", "kv")  # each layer's k or v: batch-major [B*H, S, D]
 
 _POSITIONS = ("learned", "rope")
 
@@ -201,33 +201,43 @@ class CausalSelfAttention(nn.Module):
             return self._output(y, train), None
         if kv_cache is None:
             mask = jnp.tril(jnp.ones((T, T), dtype=bool))
-            new_cache = None
         else:
-            # One array per layer, [B, H, S, D]: written in place with one dynamic_update_slice
-            # and read by the attention dots as is. (A stacked [L, ...] cache made XLA copy the
-            # layer's slice out every step, and an [.., S, H, D] layout made it transpose it:
-            # both a whole-layer copy per token, which halved batch-8 sampling speed.)
+            # One array per layer, [B*H, S, D], written in place with one dynamic_update_slice
+            # and read by the attention dots as is. Each of these layout choices removed a
+            # whole-cache copy per layer and token (BUILD_NOTES.md, "LM speed"): a stacked
+            # [L, ...] cache made XLA copy the layer's slice out; an [.., S, H, D] layout, or
+            # the query as the score dot's left operand, made it transpose the keys; and a 4-D
+            # [B, H, S, D] cache reached the dots through a reshape, into which XLA duplicated
+            # the update, so two updates of one buffer forced two copies of it per step.
             k_all, v_all, layer = kv_cache
             k_all, v_all = list(k_all), list(v_all)
-            start = (0, 0, index, 0)
+            B = x.shape[0]
+            rows = lambda a: a.transpose(0, 2, 1, 3).reshape(B * H, T, D)  # [B,T,H,D] -> [BH,T,D]
             k_all[layer] = jax.lax.dynamic_update_slice(
-                k_all[layer], k.transpose(0, 2, 1, 3).astype(k_all[layer].dtype), start)
+                k_all[layer], rows(k).astype(k_all[layer].dtype), (0, index, 0))
             v_all[layer] = jax.lax.dynamic_update_slice(
-                v_all[layer], v.transpose(0, 2, 1, 3).astype(v_all[layer].dtype), start)
+                v_all[layer], rows(v).astype(v_all[layer].dtype), (0, index, 0))
             new_cache = (k_all, v_all)
-            k, v = k_all[layer].astype(cfg.dtype), v_all[layer].astype(cfg.dtype)
-            slots = jnp.arange(k.shape[2])
+            k_c, v_c = k_all[layer].astype(cfg.dtype), v_all[layer].astype(cfg.dtype)
+            S = k_c.shape[1]
+            slots = jnp.arange(S)
             query_slots = index + jnp.arange(T)
             mask = slots[None, :] <= query_slots[:, None]  # [T, S]
+            scores = jnp.einsum("nsd,ntd->nst", k_c, rows(q), preferred_element_type=jnp.float32)
+            scores = scores.reshape(B, H, S, T).swapaxes(-1, -2)  # [B, H, T, S]
+            scores = jnp.where(mask, scores / math.sqrt(D), jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1)
+            y = jnp.einsum("nts,nsd->ntd", probs.reshape(B * H, T, S).astype(cfg.dtype), v_c)
+            y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+            return self._output(y, train), new_cache
 
-        kv_layout = "bshd" if kv_cache is None else "bhsd"
-        scores = jnp.einsum(f"bthd,{kv_layout}->bhts", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(D)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
-        y = jnp.einsum(f"bhts,{kv_layout}->bthd", probs.astype(cfg.dtype), v)
-        return self._output(y, train), new_cache
+        y = jnp.einsum("bhts,bshd->bthd", probs.astype(cfg.dtype), v)
+        return self._output(y, train), None
 
     def _blocked_causal(self, q, k, v, block: int, train: bool):
         """Causal attention of q/k/v [B, T, H, D] in query blocks (see attention_block)."""
@@ -429,7 +439,8 @@ class Transformer(nn.Module):
 
 def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None = None,
                dtype: Dtype | None = None) -> Cache:
-    """Zero KV cache {'k', 'v'}, each a tuple of num_layers [batch, heads, max_length, head_dim] arrays.
+    """Zero KV cache {'k', 'v'}, each a tuple of num_layers [batch * heads, max_length, head_dim]
+    arrays (batch-major: row ``b * heads + h`` is head h of example b).
 
     ``max_length`` defaults to ``cfg.context`` (and may not exceed it with learned positions);
     ``dtype`` defaults to the compute dtype.
@@ -437,7 +448,7 @@ def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None =
     max_length = cfg.context if max_length is None else int(max_length)
     if cfg.positions == "learned" and max_length > cfg.context:
         raise ValueError(f"max_length {max_length} exceeds the learned context {cfg.context}")
-    shape = (batch_size, cfg.num_heads, max_length, cfg.head_dim)
+    shape = (batch_size * cfg.num_heads, max_length, cfg.head_dim)
     dtype = cfg.dtype if dtype is None else dtype
     return {name: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
             for name in ("k", "v")}

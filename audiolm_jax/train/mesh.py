@@ -24,6 +24,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    # A KV cache's merged [batch * heads] rows (batch-major): the batch split of "batch"
+    # then the heads split of "heads", i.e. the same devices hold the same (example, head).
+    ("batch_heads", ("data", "fsdp", "tensor")),
     ("kv", None),
     ("vocab", "tensor"),
     ("length", None),

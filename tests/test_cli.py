@@ -149,13 +149,13 @@ def test_lm_pipeline_tokenize_train_eval_generate(trained):
     root, workdir, wavs = trained
     from audiolm_jax.data.synthetic import write_synthetic_wavs
 
-    corpus = write_synthetic_wavs(str(root / "lmcorpus"), n=6, sample_rate=16000, seed=2,
-                                  seconds=1.0)
+    corpus = root / "lmcorpus"
+    write_synthetic_wavs(str(corpus), n=6, sample_rate=16000, seed=2, seconds=1.0)
     tok = str(root / "tokens")
-    summary = last_json(cli("tokenize", f"--codec-workdir={workdir}", f"--audio={root / 'lmcorpus'}",
+    summary = last_json(cli("tokenize", f"--codec-workdir={workdir}", f"--audio={corpus}",
                             f"--out={tok}", "--files_per_shard=4").stdout)
     assert summary["num_files"] == 6 and summary["shards_written"] == [0, 1]
-    again = last_json(cli("tokenize", f"--codec-workdir={workdir}", f"--audio={root / 'lmcorpus'}",
+    again = last_json(cli("tokenize", f"--codec-workdir={workdir}", f"--audio={corpus}",
                           f"--out={tok}", "--files_per_shard=4").stdout)
     assert again["shards_written"] == [] and again["shards_skipped"] == [0, 1]  # resumable
     lm = str(root / "lm")

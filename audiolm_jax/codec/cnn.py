@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from audiolm_jax.layers.conv import Conv1d, ConvTranspose1d
 

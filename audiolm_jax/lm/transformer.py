@@ -201,6 +201,9 @@ class CausalSelfAttention(nn.Module):
             return self._output(y, train), None
         if kv_cache is None:
             mask = jnp.tril(jnp.ones((T, T), dtype=bool))
+            new_cache = None
+            scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+            attend = lambda probs: jnp.einsum("bhts,bshd->bthd", probs, v)
         else:
             # One array per layer, [B*H, S, D], written in place with one dynamic_update_slice
             # and read by the attention dots as is. Each of these layout choices removed a
@@ -220,24 +223,18 @@ class CausalSelfAttention(nn.Module):
             new_cache = (k_all, v_all)
             k_c, v_c = k_all[layer].astype(cfg.dtype), v_all[layer].astype(cfg.dtype)
             S = k_c.shape[1]
-            slots = jnp.arange(S)
-            query_slots = index + jnp.arange(T)
-            mask = slots[None, :] <= query_slots[:, None]  # [T, S]
+            mask = jnp.arange(S)[None, :] <= (index + jnp.arange(T))[:, None]  # [T, S]
             scores = jnp.einsum("nsd,ntd->nst", k_c, rows(q), preferred_element_type=jnp.float32)
             scores = scores.reshape(B, H, S, T).swapaxes(-1, -2)  # [B, H, T, S]
-            scores = jnp.where(mask, scores / math.sqrt(D), jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1)
-            y = jnp.einsum("nts,nsd->ntd", probs.reshape(B * H, T, S).astype(cfg.dtype), v_c)
-            y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)
-            return self._output(y, train), new_cache
+            attend = lambda probs: jnp.einsum(
+                "nts,nsd->ntd", probs.reshape(B * H, T, S), v_c).reshape(
+                    B, H, T, D).transpose(0, 2, 1, 3)
 
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(D)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
-        y = jnp.einsum("bhts,bshd->bthd", probs.astype(cfg.dtype), v)
-        return self._output(y, train), None
+        return self._output(attend(probs.astype(cfg.dtype)), train), new_cache
 
     def _blocked_causal(self, q, k, v, block: int, train: bool):
         """Causal attention of q/k/v [B, T, H, D] in query blocks (see attention_block)."""

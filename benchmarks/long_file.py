@@ -5,7 +5,8 @@
 Writes a sparse 16-bit mono WAV of silence (instant, no disk blocks), then runs each case in
 its own process so each peak RSS is that case's alone: the whole file through ``load_audio``
 (at the file's rate and resampled to 24 kHz), one 60 s segment as a ``FolderSource`` item
-(what training reads), and μ-law tokenization of the whole file.
+(what training reads), μ-law tokenization of the whole file, and codec tokenization of it
+(the tiny CNN codec with random weights; ``LoadedCodec`` encodes long files in chunks).
 """
 
 from __future__ import annotations
@@ -29,11 +30,23 @@ CASES = {
     "mulaw_tokenize_whole_file": "from audiolm_jax.lm.tokens import tokenize_corpus\n"
                                  "tokenize_corpus([PATH], PATH + '.tok', tokenizer='mulaw', "
                                  "sample_rate=RATE)",
+    # The tiny CNN codec (random weights, 16 kHz) through LoadedCodec: chunked encoding.
+    "codec_tokenize_whole_file": "import numpy as np\n"
+                                 "from audiolm_jax.codec.config import tiny_cnn_config\n"
+                                 "from audiolm_jax.codec.inference import LoadedCodec\n"
+                                 "from audiolm_jax.codec.model import build_codec\n"
+                                 "from audiolm_jax.lm.tokens import tokenize_corpus\n"
+                                 "sys.path.insert(0, TESTS)\n"
+                                 "from helpers import fast_params\n"
+                                 "c = tiny_cnn_config()\n"
+                                 "v = fast_params(build_codec(c), np.zeros((1, 4096), np.float32))\n"
+                                 "codec = LoadedCodec(c, v['params'], v['vq_stats'], step=0)\n"
+                                 "tokenize_corpus([PATH], PATH + '.ctok', codec=codec)",
 }
 
 RUNNER = """
 import os, resource, sys, time
-PATH, RATE = sys.argv[1], int(sys.argv[2])
+PATH, RATE, TESTS = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import numpy, soundfile, librosa  # imported before the baseline, as in a real run
 import audiolm_jax.data, audiolm_jax.lm.tokens
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -65,8 +78,11 @@ def main():
         path = os.path.join(tmp, "long.wav")
         write_silence(path, args.minutes * 60, args.rate)
         for name, code in CASES.items():
+            tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "tests")
             out = subprocess.run([sys.executable, "-c", RUNNER.format(code=code), path,
-                                  str(args.rate)], capture_output=True, text=True, check=True)
+                                  str(args.rate), tests], capture_output=True, text=True,
+                                 check=True)
             seconds, base, peak = map(float, out.stdout.split()[-3:])
             results[name] = {"seconds": round(seconds, 2), "peak_rss_mb": round(peak),
                              "added_rss_mb": round(peak - base)}

@@ -38,9 +38,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 class LoadedCodec:
-    """Inference on one device. Lengths are padded to a bucket so few shapes compile."""
+    """Inference on one device. Lengths are padded to a bucket so few shapes compile.
 
-    def __init__(self, config: Any, params: Any, vq_stats: Any, step: int):
+    A file longer than ``chunk_seconds`` is encoded chunk by chunk, so memory stays bounded
+    whatever its length (an hour of audio in one call would need gigabytes of activations),
+    with the same codes as one whole-file call:
+
+    * convolutional codecs: each chunk is encoded with enough audio on both sides to cover
+      the encoder's receptive field (measured once, see :meth:`receptive_field_frames`);
+    * Mimi: the streaming encoder (:class:`~audiolm_jax.codec.mimi.streaming.MimiStreamer`),
+      whose carried state makes the chunks exact however far its transformer looks back.
+    """
+
+    def __init__(self, config: Any, params: Any, vq_stats: Any, step: int,
+                 chunk_seconds: float = 30.0):
+        if not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         self.config = config
         self.model = build_codec(config)
         self.params, self.vq_stats, self.step = params, vq_stats, step
@@ -56,6 +69,9 @@ class LoadedCodec:
         decode = jax.jit(lambda v, c: self.model.apply(v, c, method="decode"))
         self._encode = lambda a: encode(self.variables, a)
         self._decode = lambda c: decode(self.variables, c)
+        self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
+        self._margins: tuple[int, int] | None = None
+        self._streamer = None
 
     def _bucket(self, length: int) -> int:
         # Round up to a whole quarter second of frames: one compilation per bucket.
@@ -70,10 +86,87 @@ class LoadedCodec:
         """
         audio = np.asarray(audio, np.float32)
         frames = math.ceil(len(audio) / self.hop_length)
-        padded = np.zeros(self._bucket(len(audio)), np.float32)
-        padded[: len(audio)] = audio
-        codes = np.asarray(self._encode(padded[None]))[0, :frames]  # [frames, L]
+        total = self._bucket(len(audio)) // self.hop_length  # frames after padding
+        if self.config.model.kind == "mimi":
+            if total > self.chunk_frames:
+                return self._encode_streaming(audio, frames)
+        else:
+            before, after = self.receptive_field_frames()
+            if total > self.chunk_frames + before + after:
+                return self._encode_windows(audio, frames, total, before, after)
+        codes = np.asarray(self._encode(self._frames_of(audio, 0, total)))[0, :frames]
         return codes.T.astype(np.int32)
+
+    def _frames_of(self, audio: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """``[1, (hi - lo) * hop]``: frames lo..hi-1 of the audio, zero past its end (the
+        bucket padding), copied so no padded copy of a whole long file is ever made."""
+        out = np.zeros((1, (hi - lo) * self.hop_length), np.float32)
+        piece = audio[lo * self.hop_length: hi * self.hop_length]
+        out[0, : len(piece)] = piece
+        return out
+
+    def receptive_field_frames(self) -> tuple[int, int]:
+        """``(before, after)``: a frame's latent depends on audio from at most ``before``
+        frames earlier to ``after`` frames later (one frame of slack each side included).
+
+        Measured, not derived from the config: a NaN at one sample of a zero signal spreads
+        through every convolution, activation and padding to exactly the frames that read
+        it. Non-Mimi codecs only (Mimi's transformer would make the field span minutes)."""
+        if self._margins is None:
+            hop = self.hop_length
+            latents = jax.jit(lambda v, a: self.model.apply(
+                v, a, method=lambda m, x: m.encoder(m._pad(x))))
+            n = 64  # frames; doubled until the NaN stays clear of both ends
+            while True:
+                probe = np.zeros((1, n * hop), np.float32)
+                mid = n // 2
+                probe[0, mid * hop] = np.nan
+                hit = np.flatnonzero(np.isnan(np.asarray(latents(self.variables, probe))[0])
+                                     .any(axis=-1))
+                if hit.size and 0 < hit[0] and hit[-1] < n - 1:
+                    # Frame hit[-1] reads frame mid, so frames look back hit[-1] - mid frames.
+                    self._margins = (int(hit[-1] - mid) + 1, int(mid - hit[0]) + 1)
+                    break
+                if n >= 1 << 16:
+                    raise RuntimeError("could not bound the codec encoder's receptive field")
+                n *= 2
+        return self._margins
+
+    def _encode_windows(self, audio: np.ndarray, frames: int, total: int, before: int,
+                        after: int) -> np.ndarray:
+        """Conv codecs: chunks of ``chunk_frames`` frames, each encoded in a window that
+        reaches ``before``/``after`` frames past it. Every window has the same length (one
+        program, whatever the file lengths); near the ends it is shifted to start at 0 or
+        stop at the end of the padded signal, so edges are handled as in one whole call."""
+        step = self.chunk_frames
+        window = step + before + after
+        out = []
+        for start in range(0, frames, step):
+            stop = min(start + step, frames)
+            lo = min(max(0, start - before), total - window)
+            codes = np.asarray(self._encode(self._frames_of(audio, lo, lo + window)))[0]
+            out.append(codes[start - lo: stop - lo])
+        return np.concatenate(out).T.astype(np.int32)
+
+    def _encode_streaming(self, audio: np.ndarray, frames: int) -> np.ndarray:
+        """Mimi: the streaming encoder over chunks of whole frames (no longer than its
+        transformer's context), state carried between them; the last chunk is zero-padded,
+        as the whole-file call pads its last bucket."""
+        from audiolm_jax.codec.mimi.streaming import MimiStreamer
+
+        if self._streamer is None:
+            self._streamer = MimiStreamer(self.config, self.params, self.vq_stats, batch=1)
+        m = self.config.model
+        context = int(m.transformer_context) // max(1, int(m.get("frame_downsample", 2)))
+        step = max(1, min(self.chunk_frames, context)) if int(m.transformer_layers) else \
+            self.chunk_frames
+        state = self._streamer.init_encoder_state()
+        out = []
+        for start in range(0, frames, step):
+            state, codes = self._streamer.encode_step(state,
+                                                      self._frames_of(audio, start, start + step))
+            out.append(np.asarray(codes)[0])
+        return np.concatenate(out)[:frames].T.astype(np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int codes [levels, frames] -> [frames * hop] float audio."""

@@ -7,8 +7,10 @@
 Both sides: random tokens, next-token cross-entropy, AdamW (lr 3e-4, wd 0.1), same batch and
 sequence length; learned positions, pre-norm blocks, tanh-GELU MLP (4x), tied embeddings,
 biases. Each side is warmed up first (JAX: compile; torch: allocator/first-call costs), then
-``--steps`` steps are timed one by one (JAX: ``block_until_ready``; torch: ``cuda.synchronize``
-on GPU). tokens/s = batch * seq / median step time (the mean is reported too).
+``--steps`` steps of each are timed one by one (JAX: ``block_until_ready`` of the whole train
+state; torch: ``cuda.synchronize`` on GPU), in ``--rounds`` blocks of consecutive steps per side,
+the sides taking turns. tokens/s = batch * seq / median step time (the mean is reported too);
+``ratio_per_round`` holds each round's ratio of median step times.
 
 Prints one JSON object. If torch is not installed, ``"torch": null``.
 """
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side (after compile)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="the timed steps are split into this many blocks per side, the sides "
+                        "taking turns")
     p.add_argument("--platform", choices=("cpu", "gpu", "tpu"), default=None,
                    help="JAX platform (default: JAX's choice); torch uses cuda for gpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -60,7 +65,8 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- ours (JAX)
 
 
-def bench_ours(args):
+def prepare_ours(args):
+    """(one_step, info, final_loss): our compiled step, warmed up."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -106,14 +112,14 @@ def bench_ours(args):
     for _ in range(args.warmup):
         params, opt_state, loss = train_step(params, opt_state, tokens)
     jax.block_until_ready((params, loss))
+    state = {"params": params, "opt_state": opt_state, "loss": loss}
 
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        params, opt_state, loss = train_step(params, opt_state, tokens)
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
-    jax.block_until_ready(params)
+    def one_step():
+        state["params"], state["opt_state"], state["loss"] = train_step(
+            state["params"], state["opt_state"], tokens)
+        # The whole state, not just the loss: the optimizer update must not spill into the
+        # next timed call (the peer's, when the two sides alternate).
+        jax.block_until_ready(state)
 
     info = {
         "params": num_params(cfg),
@@ -123,9 +129,8 @@ def bench_ours(args):
         "jax_version": jax.__version__,
         "compile_plus_first_step_s": round(compile_s, 3),
         "compiler_options": options,
-        "final_loss": float(loss),
     }
-    return times, info
+    return one_step, info, lambda: float(state["loss"])
 
 
 # ----------------------------------------------------------------------------- torch peer
@@ -177,11 +182,12 @@ def build_torch_gpt(torch, vocab, layers, width, heads, context):
     return GPT()
 
 
-def bench_torch(args):
+def prepare_torch(args):
+    """(one_step, info, final_loss) of the PyTorch peer, warmed up; Nones without torch."""
     try:
         import torch
     except ImportError:
-        return None, None
+        return None, None, None
     dev = torch.device("cuda" if args.platform == "gpu" and torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build_torch_gpt(torch, args.vocab, args.layers, args.width, args.heads, args.seq).to(dev)
@@ -209,20 +215,19 @@ def bench_torch(args):
     for _ in range(max(1, args.warmup)):
         step()
     sync()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        loss = step()
+    last = {}
+
+    def one_step():
+        last["loss"] = step()
         sync()
-        times.append(time.perf_counter() - t0)
+
     info = {
         "torch_version": torch.__version__,
         "torch_device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "torch_threads": torch.get_num_threads(),
         "torch_params": sum(p.numel() for p in model.parameters()),
-        "final_loss": loss.item(),
     }
-    return times, info
+    return one_step, info, lambda: last["loss"].item()
 
 
 # ----------------------------------------------------------------------------- main
@@ -253,19 +258,43 @@ def main(argv=None):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
 
     tokens_per_step = args.batch * args.seq
-    ours_times, info = bench_ours(args)
+    ours_step, info, ours_loss = prepare_ours(args)
+    torch_step, tinfo, torch_loss = (None, None, None) if args.no_torch else prepare_torch(args)
+
+    # The two sides take turns in blocks of consecutive steps (peer block, our block, ...), so
+    # a slow change in a shared machine's load falls on both; within a block steps follow each
+    # other as in a training loop (a step's cleanup spills into the next, as it would there),
+    # and each block's first step, which follows the other side's, is not timed.
+    ours_times, torch_times = [], []
+    rounds = max(1, min(args.rounds, args.steps))
+    ratios = []
+    for r in range(rounds):
+        per_block = args.steps // rounds + (r < args.steps % rounds)
+        block = {}
+        for name, fn, times in (("torch", torch_step, torch_times), ("ours", ours_step,
+                                                                     ours_times)):
+            if fn is None:
+                continue
+            fn()
+            block[name] = []
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn()
+                block[name].append(time.perf_counter() - t0)
+            times.extend(block[name])
+        if torch_step is not None:
+            ratios.append(statistics.median(block["torch"]) / statistics.median(block["ours"]))
+
     ours = summarize(ours_times, tokens_per_step)
     ours["compile_plus_first_step_s"] = info.pop("compile_plus_first_step_s")
-    ours["final_loss"] = info.pop("final_loss")
-
+    ours["final_loss"] = ours_loss()
     torch_res = None
     torch_threads = None
-    if not args.no_torch:
-        torch_times, tinfo = bench_torch(args)
-        if torch_times is not None:
-            torch_res = summarize(torch_times, tokens_per_step)
-            torch_threads = tinfo.pop("torch_threads")
-            torch_res.update(tinfo)
+    if torch_step is not None:
+        torch_res = summarize(torch_times, tokens_per_step)
+        torch_threads = tinfo.pop("torch_threads")
+        torch_res.update(tinfo)
+        torch_res["final_loss"] = torch_loss()
 
     fpt = info["flops_per_token"]
     achieved = fpt * ours["tokens_per_s"]
@@ -278,6 +307,7 @@ def main(argv=None):
         "torch_tokens_per_s": None if torch_res is None else torch_res["tokens_per_s"],
         "ratio_ours_over_torch": (None if torch_res is None
                                   else round(ours["tokens_per_s"] / torch_res["tokens_per_s"], 3)),
+        "ratio_per_round": [round(r, 3) for r in ratios],
         "params": info["params"],
         "flops_per_token": fpt,
         "achieved_tflops": round(achieved / 1e12, 4),

@@ -240,18 +240,21 @@ class CausalSelfAttention(nn.Module):
         """Causal attention of q/k/v [B, T, H, D] in query blocks (see attention_block)."""
         cfg = self.config
         q = q * jnp.asarray(1.0 / math.sqrt(cfg.head_dim), q.dtype)
+        # Heads-major once, so each block's slices are plain row ranges per (batch, head)
+        # instead of a transposing copy per block.
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, H, T, D]
         diagonal = np.tril(np.ones((block, block), bool))
         outs = []
-        for i in range(q.shape[1] // block):
+        for i in range(q.shape[2] // block):
             lo, hi = i * block, (i + 1) * block
-            scores = jnp.einsum("bthd,bshd->bhts", q[:, lo:hi], k[:, :hi],
+            scores = jnp.einsum("bhtd,bhsd->bhts", q[:, :, lo:hi], k[:, :, :hi],
                                 preferred_element_type=jnp.float32)
             mask = np.concatenate([np.ones((block, lo), bool), diagonal], axis=1)
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1)
             probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
-            outs.append(jnp.einsum("bhts,bshd->bthd", probs.astype(cfg.dtype), v[:, :hi]))
-        return jnp.concatenate(outs, axis=1)
+            outs.append(jnp.einsum("bhts,bhsd->bhtd", probs.astype(cfg.dtype), v[:, :, :hi]))
+        return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
     def _output(self, y, train: bool):
         """Attention output y [B, T, H, D] -> the residual branch [B, T, W]."""

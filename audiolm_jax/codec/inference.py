@@ -70,7 +70,7 @@ class LoadedCodec:
         self._encode = lambda a: encode(self.variables, a)
         self._decode = lambda c: decode(self.variables, c)
         self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
-        self._margins: tuple[int, int] | None = None
+        self._margins: dict[bool, tuple[int, int]] = {}  # decoder? -> (before, after)
         self._streamer = None
 
     def _bucket(self, length: int) -> int:
@@ -105,32 +105,45 @@ class LoadedCodec:
         out[0, : len(piece)] = piece
         return out
 
-    def receptive_field_frames(self) -> tuple[int, int]:
-        """``(before, after)``: a frame's latent depends on audio from at most ``before``
-        frames earlier to ``after`` frames later (one frame of slack each side included).
+    def receptive_field_frames(self, decoder: bool = False) -> tuple[int, int]:
+        """``(before, after)``: a frame of the encoder's latents (or, with ``decoder``, of
+        the decoder's audio) depends on input from at most ``before`` frames earlier to
+        ``after`` frames later (one frame of slack each side included).
 
-        Measured, not derived from the config: a NaN at one sample of a zero signal spreads
-        through every convolution, activation and padding to exactly the frames that read
-        it. Non-Mimi codecs only (Mimi's transformer would make the field span minutes)."""
-        if self._margins is None:
+        Measured, not derived from the config: a NaN at one input position spreads through
+        every convolution, activation and padding to exactly the outputs that read it.
+        Non-Mimi codecs only (Mimi's transformer would make the field span minutes)."""
+        if decoder not in self._margins:
             hop = self.hop_length
-            latents = jax.jit(lambda v, a: self.model.apply(
-                v, a, method=lambda m, x: m.encoder(m._pad(x))))
+            if decoder:  # NaN added to one frame of the dequantized latents
+                run = jax.jit(lambda v, c, p: self.model.apply(
+                    v, c, p, method=lambda m, c, p: m.decoder(m.quantizer.decode(c)
+                                                              + p[None, :, None])))
+            else:
+                run = jax.jit(lambda v, a: self.model.apply(
+                    v, a, method=lambda m, x: m.encoder(m._pad(x))))
             n = 64  # frames; doubled until the NaN stays clear of both ends
             while True:
-                probe = np.zeros((1, n * hop), np.float32)
                 mid = n // 2
-                probe[0, mid * hop] = np.nan
-                hit = np.flatnonzero(np.isnan(np.asarray(latents(self.variables, probe))[0])
-                                     .any(axis=-1))
+                if decoder:
+                    poison = np.zeros(n, np.float32)
+                    poison[mid] = np.nan
+                    out = np.asarray(run(self.variables, np.zeros((1, n, 1), np.int32),
+                                         poison))[0]
+                    bad = np.isnan(out).reshape(n, -1).any(axis=-1)  # per output frame
+                else:
+                    probe = np.zeros((1, n * hop), np.float32)
+                    probe[0, mid * hop] = np.nan
+                    bad = np.isnan(np.asarray(run(self.variables, probe))[0]).any(axis=-1)
+                hit = np.flatnonzero(bad)
                 if hit.size and 0 < hit[0] and hit[-1] < n - 1:
                     # Frame hit[-1] reads frame mid, so frames look back hit[-1] - mid frames.
-                    self._margins = (int(hit[-1] - mid) + 1, int(mid - hit[0]) + 1)
+                    self._margins[decoder] = (int(hit[-1] - mid) + 1, int(mid - hit[0]) + 1)
                     break
                 if n >= 1 << 16:
-                    raise RuntimeError("could not bound the codec encoder's receptive field")
+                    raise RuntimeError("could not bound the codec's receptive field")
                 n *= 2
-        return self._margins
+        return self._margins[decoder]
 
     def _encode_windows(self, audio: np.ndarray, frames: int, total: int, before: int,
                         after: int) -> np.ndarray:
@@ -148,23 +161,32 @@ class LoadedCodec:
             out.append(codes[start - lo: stop - lo])
         return np.concatenate(out).T.astype(np.int32)
 
-    def _encode_streaming(self, audio: np.ndarray, frames: int) -> np.ndarray:
-        """Mimi: the streaming encoder over chunks of whole frames (no longer than its
-        transformer's context), state carried between them; the last chunk is zero-padded,
-        as the whole-file call pads its last bucket."""
+    def _mimi_streamer(self):
         from audiolm_jax.codec.mimi.streaming import MimiStreamer
 
         if self._streamer is None:
             self._streamer = MimiStreamer(self.config, self.params, self.vq_stats, batch=1)
+        return self._streamer
+
+    def _streaming_step(self) -> int:
+        """Code frames per streaming call: ``chunk_frames``, at most the transformer's
+        context (its key/value ring buffer holds that many positions)."""
         m = self.config.model
+        if not int(m.transformer_layers):
+            return self.chunk_frames
         context = int(m.transformer_context) // max(1, int(m.get("frame_downsample", 2)))
-        step = max(1, min(self.chunk_frames, context)) if int(m.transformer_layers) else \
-            self.chunk_frames
-        state = self._streamer.init_encoder_state()
+        return max(1, min(self.chunk_frames, context))
+
+    def _encode_streaming(self, audio: np.ndarray, frames: int) -> np.ndarray:
+        """Mimi: the streaming encoder over chunks of whole frames (no longer than its
+        transformer's context), state carried between them; the last chunk is zero-padded,
+        as the whole-file call pads its last bucket."""
+        step = self._streaming_step()
+        state = self._mimi_streamer().init_encoder_state()
         out = []
         for start in range(0, frames, step):
-            state, codes = self._streamer.encode_step(state,
-                                                      self._frames_of(audio, start, start + step))
+            state, codes = self._mimi_streamer().encode_step(
+                state, self._frames_of(audio, start, start + step))
             out.append(np.asarray(codes)[0])
         return np.concatenate(out)[:frames].T.astype(np.int32)
 
@@ -181,7 +203,42 @@ class LoadedCodec:
         bucket = self._bucket(frames * self.hop_length) // self.hop_length
         padded = np.zeros((bucket, codes.shape[0]), np.int32)
         padded[:frames] = codes.T
+        if self.config.model.kind == "mimi":
+            if bucket > self.chunk_frames:
+                return self._decode_streaming(padded, frames)
+        else:
+            before, after = self.receptive_field_frames(decoder=True)
+            if bucket > self.chunk_frames + before + after:
+                return self._decode_windows(padded, frames, before, after)
         return np.asarray(self._decode(padded[None]))[0, : frames * self.hop_length]
+
+    def _decode_windows(self, padded: np.ndarray, frames: int, before: int,
+                        after: int) -> np.ndarray:
+        """Conv codecs: the decoder's counterpart of :meth:`_encode_windows` (windows of
+        code frames widened by the decoder's receptive field; same audio as one call, to
+        float rounding)."""
+        hop, step, total = self.hop_length, self.chunk_frames, len(padded)
+        window = step + before + after
+        out = []
+        for start in range(0, frames, step):
+            stop = min(start + step, frames)
+            lo = min(max(0, start - before), total - window)
+            audio = np.asarray(self._decode(padded[None, lo: lo + window]))[0]
+            out.append(audio[(start - lo) * hop: (stop - lo) * hop])
+        return np.concatenate(out)
+
+    def _decode_streaming(self, padded: np.ndarray, frames: int) -> np.ndarray:
+        """Mimi: the streaming decoder over chunks of code frames, state carried."""
+        step = self._streaming_step()
+        state = self._mimi_streamer().init_decoder_state()
+        out = []
+        for start in range(0, frames, step):
+            chunk = np.zeros((1, step, padded.shape[1]), np.int32)
+            piece = padded[start: start + step]
+            chunk[0, : len(piece)] = piece
+            state, audio = self._mimi_streamer().decode_step(state, chunk)
+            out.append(np.asarray(audio)[0])
+        return np.concatenate(out)[: frames * self.hop_length]
 
     def reconstruct(self, audio: np.ndarray, num_levels: int | None = None) -> np.ndarray:
         codes = self.encode(audio)

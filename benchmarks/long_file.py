@@ -77,9 +77,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "long.wav")
         write_silence(path, args.minutes * 60, args.rate)
+        tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "tests")  # tests/helpers.py: random codec weights, fast
         for name, code in CASES.items():
-            tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "tests")
             out = subprocess.run([sys.executable, "-c", RUNNER.format(code=code), path,
                                   str(args.rate), tests], capture_output=True, text=True,
                                  check=True)

@@ -90,7 +90,7 @@ class LoadedCodec:
         if self.config.model.kind == "mimi":
             if total > self.chunk_frames:
                 return self._encode_streaming(audio, frames)
-        else:
+        elif total > self.chunk_frames:  # the field is only measured for long inputs
             before, after = self.receptive_field_frames()
             if total > self.chunk_frames + before + after:
                 return self._encode_windows(audio, frames, total, before, after)
@@ -151,15 +151,21 @@ class LoadedCodec:
         reaches ``before``/``after`` frames past it. Every window has the same length (one
         program, whatever the file lengths); near the ends it is shifted to start at 0 or
         stop at the end of the padded signal, so edges are handled as in one whole call."""
-        step = self.chunk_frames
-        window = step + before + after
         out = []
-        for start in range(0, frames, step):
-            stop = min(start + step, frames)
-            lo = min(max(0, start - before), total - window)
-            codes = np.asarray(self._encode(self._frames_of(audio, lo, lo + window)))[0]
+        for start, stop, lo, hi in self._windows(frames, total, before, after):
+            codes = np.asarray(self._encode(self._frames_of(audio, lo, hi)))[0]
             out.append(codes[start - lo: stop - lo])
         return np.concatenate(out).T.astype(np.int32)
+
+    def _windows(self, frames: int, total: int, before: int, after: int):
+        """``(start, stop, lo, hi)`` per chunk: output frames start..stop-1 come from input
+        frames lo..hi-1, a window of fixed length reaching ``before``/``after`` frames past
+        the chunk, shifted to start at 0 or stop at ``total`` near the ends."""
+        step = self.chunk_frames
+        window = step + before + after
+        for start in range(0, frames, step):
+            lo = min(max(0, start - before), total - window)
+            yield start, min(start + step, frames), lo, lo + window
 
     def _mimi_streamer(self):
         from audiolm_jax.codec.mimi.streaming import MimiStreamer
@@ -206,7 +212,7 @@ class LoadedCodec:
         if self.config.model.kind == "mimi":
             if bucket > self.chunk_frames:
                 return self._decode_streaming(padded, frames)
-        else:
+        elif bucket > self.chunk_frames:
             before, after = self.receptive_field_frames(decoder=True)
             if bucket > self.chunk_frames + before + after:
                 return self._decode_windows(padded, frames, before, after)
@@ -217,13 +223,10 @@ class LoadedCodec:
         """Conv codecs: the decoder's counterpart of :meth:`_encode_windows` (windows of
         code frames widened by the decoder's receptive field; same audio as one call, to
         float rounding)."""
-        hop, step, total = self.hop_length, self.chunk_frames, len(padded)
-        window = step + before + after
+        hop = self.hop_length
         out = []
-        for start in range(0, frames, step):
-            stop = min(start + step, frames)
-            lo = min(max(0, start - before), total - window)
-            audio = np.asarray(self._decode(padded[None, lo: lo + window]))[0]
+        for start, stop, lo, hi in self._windows(frames, len(padded), before, after):
+            audio = np.asarray(self._decode(padded[None, lo:hi]))[0]
             out.append(audio[(start - lo) * hop: (stop - lo) * hop])
         return np.concatenate(out)
 
@@ -232,11 +235,10 @@ class LoadedCodec:
         step = self._streaming_step()
         state = self._mimi_streamer().init_decoder_state()
         out = []
+        padded = np.pad(padded, ((0, -len(padded) % step), (0, 0)))  # whole chunks
         for start in range(0, frames, step):
-            chunk = np.zeros((1, step, padded.shape[1]), np.int32)
-            piece = padded[start: start + step]
-            chunk[0, : len(piece)] = piece
-            state, audio = self._mimi_streamer().decode_step(state, chunk)
+            state, audio = self._mimi_streamer().decode_step(
+                state, padded[None, start: start + step])
             out.append(np.asarray(audio)[0])
         return np.concatenate(out)[: frames * self.hop_length]
 

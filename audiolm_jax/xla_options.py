@@ -8,7 +8,9 @@ speed, session 4"), interleaving compiled variants of the same program in one pr
 * training step (batch 8 x 512): XNNPACK for dots and elementwise ops, 10-25% more tokens/s
   than the default, loss bit-identical;
 * sampling (matrix-vector products at batch 1-8): oneDNN for dots, +24% tokens/s at batch 8,
-  the same at batch 1, sampled tokens identical.
+  the same at batch 1, sampled tokens identical. On a CPU with AVX-512 (a Zen 5 EPYC, session 7)
+  XLA's default (YNNPACK) was as fast or faster at batch 4-8 (+1% to +11% in four in-process
+  A/Bs, equal at batch 1), so there the sampler keeps the default.
 
 Codec programs (convolutions) showed no gain, so they keep the default. The options only apply
 on x86-64 CPUs (where jaxlib ships these libraries); ``AUDIOLM_JAX_CPU_KERNELS=default``
@@ -47,9 +49,24 @@ def lm_cpu_options(kind: str) -> dict | None:
         return None
     if jax.default_backend() != "cpu":
         return None
+    if kind == "sample" and _has_avx512():
+        return None
     if not _accepted(kind):
         return None
     return dict(_OPTIONS[kind])
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    """Whether the CPU has AVX-512 (read from Linux's /proc/cpuinfo; False where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 @functools.cache

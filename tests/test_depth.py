@@ -294,6 +294,10 @@ def test_generate_depth_forcing_determinism_and_greedy_reference():
     greedy = generate_depth(model, params, prompt, N, jax.random.PRNGKey(0),
                             temperature=0.0, forced=forced, forced_mask=mask)
     np.testing.assert_array_equal(greedy, _naive_greedy(model, params, prompt, N, forced, mask))
+    # the temporal cache grown in two segments (3 then 2 frames) samples the same frames
+    grown = generate_depth(model, params, prompt, N, jax.random.PRNGKey(7), cache_segments=2,
+                           **kw)
+    np.testing.assert_array_equal(grown, a)
 
     with pytest.raises(ValueError, match="context"):
         generate_depth(model, params, prompt, 10, jax.random.PRNGKey(0))

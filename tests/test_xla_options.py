@@ -11,6 +11,7 @@ import pytest
 
 from audiolm_jax.lm import sampling
 from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
+from audiolm_jax import xla_options
 from audiolm_jax.xla_options import lm_cpu_options
 
 TUNED = platform.machine().lower() in ("x86_64", "amd64")
@@ -20,7 +21,9 @@ def test_kinds_and_opt_out(monkeypatch):
     with pytest.raises(ValueError, match="kind"):
         lm_cpu_options("encode")
     if TUNED:
-        assert lm_cpu_options("train") and lm_cpu_options("sample")
+        assert lm_cpu_options("train")
+        # the sampler keeps XLA's default on AVX-512 CPUs (faster there), else uses oneDNN
+        assert (lm_cpu_options("sample") is None) == xla_options._has_avx512()
     monkeypatch.setenv("AUDIOLM_JAX_CPU_KERNELS", "default")
     assert lm_cpu_options("train") is None and lm_cpu_options("sample") is None
 
@@ -40,6 +43,10 @@ def test_tuned_sampler_matches_default_compile():
             None, None)
     plain = jax.jit(sampling._generate_impl, static_argnames=tuple(kw) + ("model",))
     want = plain(*args, **kw)
+    # the oneDNN options themselves (generate() may not use them on this CPU)
+    tuned = jax.jit(sampling._generate_impl, static_argnames=tuple(kw) + ("model",),
+                    compiler_options=xla_options._OPTIONS["sample"])
+    np.testing.assert_array_equal(np.asarray(tuned(*args, **kw)), np.asarray(want))
     got = sampling.generate(model, params, prompt, 24, jax.random.PRNGKey(3), temperature=1.0)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise,
-                                     scan_steps_with_noise)
+from audiolm_jax.lm.sampling import (broadcast_forced, cache_segments, sample_with_noise,
+                                     scan_growing_cache)
 from audiolm_jax.lm.transformer import init_cache
 from audiolm_jax.xla_options import lm_cpu_options
 
@@ -32,7 +32,8 @@ __all__ = ["generate_depth", "generate_depth_cache_size"]
 
 
 def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, temperature, top_p,
-                         forced, forced_mask, *, num_new: int, top_k: int, allowed_vocab: int):
+                         forced, forced_mask, *, num_new: int, top_k: int, allowed_vocab: int,
+                         segments: Optional[int] = None):
     B, R, P = prompt.shape
     total = P + num_new
     out = jnp.zeros((B, R, total), jnp.int32)
@@ -41,7 +42,9 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
         out = jnp.where(forced_mask, forced, out)
     apply = functools.partial(model.apply, {"params": params})
 
-    cache = init_cache(model.config.temporal, B, total)
+    # The temporal cache grows segment by segment, as in sampling.generate.
+    plan = cache_segments(P, num_new, total, segments)
+    cache = init_cache(model.config.temporal, B, plan[0][2])
     hidden, cache = apply(out[..., :P], cache, 0, method=DepthTransformerLM.temporal_decode)
     if num_new == 0:
         return out
@@ -77,7 +80,7 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
                 jnp.arange(R, dtype=jnp.int32))
         return jax.vmap(frame_noise)(steps)
 
-    out, _, _ = scan_steps_with_noise(step, (out, cache, hidden[:, -1]), num_new, draw, shape)
+    out, _, _ = scan_growing_cache(step, (out, cache, hidden[:, -1]), plan, draw, shape)
     return out
 
 
@@ -85,7 +88,7 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
 def _generate_depth_jit():
     # Built on first use, like sampling._generate_jit (the options query the backend).
     return jax.jit(_generate_depth_impl,
-                   static_argnames=("model", "num_new", "top_k", "allowed_vocab"),
+                   static_argnames=("model", "num_new", "top_k", "allowed_vocab", "segments"),
                    compiler_options=lm_cpu_options("sample"))
 
 
@@ -97,7 +100,8 @@ def generate_depth_cache_size() -> int:
 def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
                    num_new_frames: int, rng: jax.Array, *, temperature=1.0, top_k: int = 0,
                    top_p=1.0, forced=None, forced_mask=None,
-                   allowed_vocab: Optional[int] = None) -> jax.Array:
+                   allowed_vocab: Optional[int] = None,
+                   cache_segments: Optional[int] = None) -> jax.Array:
     """Continue a laid-out prompt by ``num_new_frames`` steps of R sampled levels each.
 
     model: a :class:`DepthTransformerLM` (hashable; static). params: its (unboxed) params.
@@ -110,6 +114,8 @@ def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
     allowed_vocab: ids ``>= allowed_vocab`` are never sampled (forcing may still write them);
       default the model's ``codebook_size``, so the layout's special token and the vocabulary
       padding are never drawn.
+    cache_segments: as in :func:`audiolm_jax.lm.sampling.generate` (the temporal KV cache
+      grows segment by segment; static).
 
     Returns int32 ``[B, R, P + num_new_frames]``. Raises ValueError when the prompt plus the
     new steps exceed the model's context (a sliding window is the caller's business).
@@ -133,4 +139,5 @@ def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
     allowed = cfg.codebook_size if allowed_vocab is None else int(allowed_vocab)
     return _generate_depth_jit()(model, params, prompt, rng, jnp.asarray(temperature, jnp.float32),
                                jnp.asarray(top_p, jnp.float32), forced, forced_mask,
-                               num_new=num_new, top_k=int(top_k), allowed_vocab=allowed)
+                               num_new=num_new, top_k=int(top_k), allowed_vocab=allowed,
+                               segments=None if cache_segments is None else int(cache_segments))

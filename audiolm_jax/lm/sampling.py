@@ -46,6 +46,7 @@ from audiolm_jax.lm.transformer import Transformer, init_cache
 from audiolm_jax.xla_options import lm_cpu_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
+           "cache_segments", "grow_cache", "scan_growing_cache",
            "generate", "generate_cache_size", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
 
@@ -99,7 +100,6 @@ def sample_with_noise(logits: jax.Array, gumbel_noise: jax.Array, *, temperature
     V = logits.shape[-1]
     if allowed_vocab is not None and allowed_vocab < V:
         logits = jnp.where(jnp.arange(V) < allowed_vocab, logits, -jnp.inf)
-    greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     top_k = int(top_k)
     if top_k < 0:
@@ -112,8 +112,10 @@ def sample_with_noise(logits: jax.Array, gumbel_noise: jax.Array, *, temperature
     skip_top_p = isinstance(top_p, (int, float)) and top_p >= 1.0
     if not skip_top_p:
         scaled = _top_p_filter(scaled, jnp.asarray(top_p, jnp.float32))
-    sampled = jnp.argmax(gumbel_noise + scaled, axis=-1).astype(jnp.int32)
-    return jnp.where(greedy, greedy_tok, sampled)
+    # Greedy is the same argmax without the noise: the filters keep the top token (and every
+    # tie with it), so this equals argmax(logits), with one pass over the vocabulary a step.
+    noise = jnp.where(greedy, jnp.zeros((), jnp.float32), gumbel_noise)
+    return jnp.argmax(noise + scaled, axis=-1).astype(jnp.int32)
 
 
 # Gumbel noise for this many bytes of sampling steps is drawn at once, before the steps run.
@@ -139,19 +141,73 @@ def noise_chunk(num_steps: int, shape: Tuple[int, ...]) -> int:
     return max(c for c in range(1, limit + 1) if num_steps % c == 0)
 
 
-def scan_steps_with_noise(step, carry, num_steps: int, draw, shape: Tuple[int, ...]):
-    """Run ``carry = step(carry, i, noise_i)`` for i in ``0..num_steps-1`` inside
-    ``lax.scan``s. ``draw(steps)`` returns the noise ``[len(steps), *shape]`` of a vector of
-    step indices; it is called once per chunk of steps (:func:`noise_chunk`), not per step.
-    Returns the final carry."""
+def scan_steps_with_noise(step, carry, num_steps: int, draw, shape: Tuple[int, ...],
+                          first_step: int = 0):
+    """Run ``carry = step(carry, i, noise_i)`` for i in ``first_step .. first_step +
+    num_steps - 1`` inside ``lax.scan``s. ``draw(steps)`` returns the noise
+    ``[len(steps), *shape]`` of a vector of step indices; it is called once per chunk of steps
+    (:func:`noise_chunk`), not per step. Returns the final carry."""
+    if num_steps == 0:
+        return carry
     chunk = noise_chunk(num_steps, shape)
 
     def run_chunk(carry, c):
-        steps = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        steps = first_step + c * chunk + jnp.arange(chunk, dtype=jnp.int32)
         carry, _ = jax.lax.scan(lambda cr, x: (step(cr, *x), None), carry, (steps, draw(steps)))
         return carry, None
 
     carry, _ = jax.lax.scan(run_chunk, carry, jnp.arange(num_steps // chunk, dtype=jnp.int32))
+    return carry
+
+
+# ----------------------------------------------------------------------------- growing cache
+
+# Decode attention reads every slot of the KV cache, live or not, and at batch 8 those reads
+# are half of a step's memory traffic. So the sampling loop runs in segments whose cache holds
+# only the slots the segment can reach, grown (zero-padded, once per segment) in between:
+# 4 segments over a 64-token prompt + 256 new tokens read 70% of the fixed-size cache's bytes.
+# Each segment is its own scan body, so short generations (every segment at least this many
+# steps) stay one segment and compile nothing extra.
+MAX_CACHE_SEGMENTS = 4
+MIN_SEGMENT_STEPS = 64
+
+
+def cache_segments(prompt_len: int, num_new: int, max_length: int,
+                   segments: Optional[int] = None) -> Tuple[Tuple[int, int, int], ...]:
+    """How the sampling loop's ``num_new`` steps split into segments: a tuple of
+    ``(first_step, num_steps, cache_length)``. Step i feeds the token at position
+    ``prompt_len + i``, so a segment whose last step is j - 1 gets ``prompt_len + j`` slots.
+    ``segments`` (default: one per ``MIN_SEGMENT_STEPS`` steps, at most
+    ``MAX_CACHE_SEGMENTS``) is clamped to ``1..num_new``; a single segment keeps the whole
+    ``max_length`` cache."""
+    if segments is None:
+        segments = min(MAX_CACHE_SEGMENTS, num_new // MIN_SEGMENT_STEPS)
+    segments = max(1, min(int(segments), num_new))
+    plan, first = [], 0
+    for j in range(segments):
+        n = num_new // segments + (1 if j < num_new % segments else 0)
+        need = prompt_len + first + n
+        length = max_length if segments == 1 else need
+        plan.append((first, n, length))
+        first += n
+    return tuple(plan)
+
+
+def grow_cache(cache, length: int):
+    """A KV cache (``{'k', 'v'}`` tuples of ``[N, S, D]``) zero-padded to ``length`` slots;
+    the same object when it already has them. Slots past the live ones are masked anyway."""
+    def grow(c):
+        extra = length - c.shape[1]
+        return c if extra == 0 else jnp.pad(c, ((0, 0), (0, extra), (0, 0)))
+    return {name: tuple(grow(c) for c in arrays) for name, arrays in cache.items()}
+
+
+def scan_growing_cache(step, carry, plan, draw, shape):
+    """:func:`scan_steps_with_noise` over the segments of ``plan`` (:func:`cache_segments`),
+    growing the cache (``carry[1]``) to each segment's length before it runs."""
+    for first, num_steps, length in plan:
+        carry = (carry[0], grow_cache(carry[1], length)) + tuple(carry[2:])
+        carry = scan_steps_with_noise(step, carry, num_steps, draw, shape, first_step=first)
     return carry
 
 
@@ -165,7 +221,8 @@ def _last(logits):
 
 def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, forced,
                    forced_mask, *, num_new: int, top_k: int, max_length: int,
-                   allowed_vocab: Optional[int], use_top_p: bool = True):
+                   allowed_vocab: Optional[int], use_top_p: bool = True,
+                   segments: Optional[int] = None):
     B, P = prompt.shape[0], prompt.shape[-1]
     total = P + num_new
     out = jnp.zeros(prompt.shape[:-1] + (total,), jnp.int32)
@@ -177,7 +234,8 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
     def decode(tokens, cache, index):
         return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)
 
-    cache = init_cache(model.config, B, max_length)
+    plan = cache_segments(P, num_new, max_length, segments)
+    cache = init_cache(model.config, B, plan[0][2] if plan else max_length)
     logits, cache = decode(prompt, cache, 0)
     if num_new == 0:
         return out
@@ -199,9 +257,8 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
         return out, cache, _last(new_logits)
 
     last = _last(logits)
-    out, _, _ = scan_steps_with_noise(step, (out, cache, last), num_new,
-                                      lambda steps: step_noise(rng, steps, last.shape),
-                                      last.shape)
+    out, _, _ = scan_growing_cache(step, (out, cache, last), plan,
+                                   lambda steps: step_noise(rng, steps, last.shape), last.shape)
     return out
 
 
@@ -211,7 +268,8 @@ def _generate_jit():
     # import (a multi-process job initialises jax.distributed first).
     return jax.jit(
         _generate_impl,
-        static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p"),
+        static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p",
+                         "segments"),
         compiler_options=lm_cpu_options("sample"))
 
 
@@ -222,7 +280,8 @@ def generate_cache_size() -> int:
 
 def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Array, *,
              temperature=1.0, top_k: int = 0, top_p=1.0, max_length: Optional[int] = None,
-             forced=None, forced_mask=None, allowed_vocab: Optional[int] = None) -> jax.Array:
+             forced=None, forced_mask=None, allowed_vocab: Optional[int] = None,
+             cache_segments: Optional[int] = None) -> jax.Array:
     """Continue ``prompt`` by ``num_new`` sampled tokens with the KV cache.
 
     model: a :class:`Transformer` (hashable; static). params: its (unboxed) params.
@@ -237,6 +296,10 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
       output (and the token fed back) is the forced one, in the prompt as well.
     allowed_vocab: optional static int; ids >= it are never sampled (forcing may still write
       them, e.g. the delay layout's special token).
+    cache_segments: optional static int: the sampling loop runs in this many segments, each
+      with a KV cache just long enough for it (see :func:`cache_segments`); default one per
+      ``MIN_SEGMENT_STEPS`` new tokens, at most ``MAX_CACHE_SEGMENTS``. 1 keeps the
+      ``max_length`` cache throughout. Tokens are the same either way (up to float rounding).
 
     Returns int32 tokens ``[B, P + num_new]`` or ``[B, K, P + num_new]``; the first P are the
     prompt (with forcing applied). Greedy (temperature 0) output is deterministic.
@@ -265,7 +328,8 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
                          jnp.asarray(top_p, jnp.float32), forced, forced_mask,
                          num_new=num_new, top_k=int(top_k), max_length=max_length,
                          allowed_vocab=None if allowed_vocab is None else int(allowed_vocab),
-                         use_top_p=not _keeps_everything(top_p))
+                         use_top_p=not _keeps_everything(top_p),
+                         segments=None if cache_segments is None else int(cache_segments))
 
 
 def broadcast_forced(forced, forced_mask, out_shape):

@@ -9,8 +9,8 @@ import pytest
 
 from audiolm_jax.lm.patterns import DelayPattern
 from audiolm_jax.lm.sampling import (
-    cache_segments, combine_forced, delay_special_mask, generate, generate_cache_size,
-    sample_logits)
+    combine_forced, delay_special_mask, generate, generate_cache_size, sample_logits,
+    segment_plan)
 from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
 
 TINY = dict(vocab_size=32, num_layers=2, num_heads=2, width=16, context=16)
@@ -132,21 +132,21 @@ def test_greedy_matches_naive_loop(kw):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_cache_segments_plan():
+def test_segment_plan():
     for prompt_len, num_new, max_length, segments in [(64, 256, 320, None), (5, 200, 205, None),
                                                       (3, 40, 50, 3), (1, 3, 4, 8), (9, 63, 72, None)]:
-        plan = cache_segments(prompt_len, num_new, max_length, segments)
+        plan = segment_plan(prompt_len, num_new, max_length, segments)
         firsts, counts, lengths = map(list, zip(*plan))
         assert firsts == [0] + list(np.cumsum(counts)[:-1])  # contiguous, in order
         assert sum(counts) == num_new and min(counts) >= 1
         # every step's position has its slot; lengths grow; never past max_length
         assert all(length >= prompt_len + f + n for f, n, length in plan)
         assert lengths == sorted(lengths) and lengths[-1] <= max_length
-    assert cache_segments(64, 256, 320) == ((0, 64, 128), (64, 64, 192), (128, 64, 256),
+    assert segment_plan(64, 256, 320) == ((0, 64, 128), (64, 64, 192), (128, 64, 256),
                                             (192, 64, 320))
-    assert len(cache_segments(1, 3, 4, 8)) == 3  # clamped to one step each
-    assert cache_segments(9, 63, 100) == ((0, 63, 100),)  # short: one segment, whole cache
-    assert cache_segments(9, 0, 9) == ((0, 0, 9),)
+    assert len(segment_plan(1, 3, 4, 8)) == 3  # clamped to one step each
+    assert segment_plan(9, 63, 100) == ((0, 63, 100),)  # short: one segment, whole cache
+    assert segment_plan(9, 0, 9) == ((0, 0, 9),)
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(temperature=1.0, top_k=5)],

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import (broadcast_forced, cache_segments, sample_with_noise,
-                                     scan_growing_cache)
+from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise, scan_growing_cache,
+                                     segment_plan)
 from audiolm_jax.lm.transformer import init_cache
 from audiolm_jax.xla_options import lm_cpu_options
 
@@ -43,7 +43,7 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
     apply = functools.partial(model.apply, {"params": params})
 
     # The temporal cache grows segment by segment, as in sampling.generate.
-    plan = cache_segments(P, num_new, total, segments)
+    plan = segment_plan(P, num_new, total, segments)
     cache = init_cache(model.config.temporal, B, plan[0][2])
     hidden, cache = apply(out[..., :P], cache, 0, method=DepthTransformerLM.temporal_decode)
     if num_new == 0:

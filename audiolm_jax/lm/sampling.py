@@ -46,7 +46,7 @@ from audiolm_jax.lm.transformer import Transformer, init_cache
 from audiolm_jax.xla_options import lm_cpu_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
-           "cache_segments", "grow_cache", "scan_growing_cache",
+           "segment_plan", "grow_cache", "scan_growing_cache",
            "generate", "generate_cache_size", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
 
@@ -147,8 +147,6 @@ def scan_steps_with_noise(step, carry, num_steps: int, draw, shape: Tuple[int, .
     num_steps - 1`` inside ``lax.scan``s. ``draw(steps)`` returns the noise
     ``[len(steps), *shape]`` of a vector of step indices; it is called once per chunk of steps
     (:func:`noise_chunk`), not per step. Returns the final carry."""
-    if num_steps == 0:
-        return carry
     chunk = noise_chunk(num_steps, shape)
 
     def run_chunk(carry, c):
@@ -172,7 +170,7 @@ MAX_CACHE_SEGMENTS = 4
 MIN_SEGMENT_STEPS = 64
 
 
-def cache_segments(prompt_len: int, num_new: int, max_length: int,
+def segment_plan(prompt_len: int, num_new: int, max_length: int,
                    segments: Optional[int] = None) -> Tuple[Tuple[int, int, int], ...]:
     """How the sampling loop's ``num_new`` steps split into segments: a tuple of
     ``(first_step, num_steps, cache_length)``. Step i feeds the token at position
@@ -203,7 +201,7 @@ def grow_cache(cache, length: int):
 
 
 def scan_growing_cache(step, carry, plan, draw, shape):
-    """:func:`scan_steps_with_noise` over the segments of ``plan`` (:func:`cache_segments`),
+    """:func:`scan_steps_with_noise` over the segments of ``plan`` (:func:`segment_plan`),
     growing the cache (``carry[1]``) to each segment's length before it runs."""
     for first, num_steps, length in plan:
         carry = (carry[0], grow_cache(carry[1], length)) + tuple(carry[2:])
@@ -234,8 +232,8 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
     def decode(tokens, cache, index):
         return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)
 
-    plan = cache_segments(P, num_new, max_length, segments)
-    cache = init_cache(model.config, B, plan[0][2] if plan else max_length)
+    plan = segment_plan(P, num_new, max_length, segments)
+    cache = init_cache(model.config, B, plan[0][2])
     logits, cache = decode(prompt, cache, 0)
     if num_new == 0:
         return out
@@ -297,7 +295,7 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
     allowed_vocab: optional static int; ids >= it are never sampled (forcing may still write
       them, e.g. the delay layout's special token).
     cache_segments: optional static int: the sampling loop runs in this many segments, each
-      with a KV cache just long enough for it (see :func:`cache_segments`); default one per
+      with a KV cache just long enough for it (see :func:`segment_plan`); default one per
       ``MIN_SEGMENT_STEPS`` new tokens, at most ``MAX_CACHE_SEGMENTS``. 1 keeps the
       ``max_length`` cache throughout. Tokens are the same either way (up to float rounding).
 

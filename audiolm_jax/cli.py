@@ -454,6 +454,17 @@ def _parse_flags_or_exit(command: str, argv: list[str]) -> list[str]:
     return remaining
 
 
+def main():
+    """The ``audiolm-jax`` program: restarts once under glibc's huge-page malloc tunable where
+    that helps (XLA:CPU's per-step temporaries, audiolm_jax/host_memory.py), then ``run()``.
+    Only the program's own entry point may re-execute the interpreter: code that calls
+    ``run()`` in a running process (tests, notebooks) keeps its process."""
+    from audiolm_jax.host_memory import maybe_reexec
+
+    maybe_reexec()
+    run()
+
+
 def run():
     argv = sys.argv
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -471,4 +482,4 @@ def run():
 
 
 if __name__ == "__main__":
-    run()
+    main()

@@ -2,7 +2,7 @@
 
     python benchmarks/lm_train_speed.py [--layers 6 --width 384 --heads 6 --vocab 2048]
         [--batch 8 --seq 512 --steps 10 --platform cpu|gpu|tpu --dtype float32|bfloat16]
-        [--peak_tflops X] [--xla_flags "..."] [--no_torch]
+        [--peak_tflops X] [--xla_flags "..."] [--no_torch] [--no_hugepages]
 
 Both sides: random tokens, next-token cross-entropy, AdamW (lr 3e-4, wd 0.1), same batch and
 sequence length; learned positions, pre-norm blocks, tanh-GELU MLP (4x), tied embeddings,
@@ -11,6 +11,10 @@ biases. Each side is warmed up first (JAX: compile; torch: allocator/first-call 
 state; torch: ``cuda.synchronize`` on GPU), in ``--rounds`` blocks of consecutive steps per side,
 the sides taking turns. tokens/s = batch * seq / median step time (the mean is reported too);
 ``ratio_per_round`` holds each round's ratio of median step times.
+
+Like the ``audiolm-jax`` command, the script restarts itself under glibc's huge-page malloc
+tunable (``audiolm_jax/host_memory.py``; ``"glibc_tunables"`` in the output records it). It is
+process-wide, so the peer runs under it too; ``--no_hugepages`` runs without it.
 
 Prints one JSON object. If torch is not installed, ``"torch": null``.
 """
@@ -57,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--xla_flags", default=None,
                    help="appended to XLA_FLAGS before JAX is imported")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument("--no_hugepages", action="store_true",
+                   help="do not restart under glibc's huge-page malloc tunable, which the "
+                        "audiolm-jax command uses (audiolm_jax/host_memory.py); it applies to "
+                        "the whole process, so to both sides")
     p.add_argument("--attention_block", type=int, default=128,
                    help="our causal attention's query block (0: one full T x T block)")
     return p.parse_args(argv)
@@ -250,8 +258,23 @@ def peak_for(device_kind, dtype, given):
     return None
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if not args.no_hugepages:
+        # As the audiolm-jax command runs: restarts this process under the tunable (same
+        # arguments) unless it is already set, opted out of, or useless on this host.
+        from audiolm_jax.host_memory import maybe_reexec
+
+        maybe_reexec()
     if args.platform is not None:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(args.platform, args.platform)
     if args.xla_flags:
@@ -266,6 +289,7 @@ def main(argv=None):
     # other as in a training loop (a step's cleanup spills into the next, as it would there),
     # and each block's first step, which follows the other side's, is not timed.
     ours_times, torch_times = [], []
+    faults = {"ours": 0, "torch": 0}  # minor page faults during the timed steps, per side
     rounds = max(1, min(args.rounds, args.steps))
     ratios = []
     for r in range(rounds):
@@ -277,10 +301,12 @@ def main(argv=None):
                 continue
             fn()
             block[name] = []
+            f0 = minor_faults()
             for _ in range(per_block):
                 t0 = time.perf_counter()
                 fn()
                 block[name].append(time.perf_counter() - t0)
+            faults[name] += minor_faults() - f0
             times.extend(block[name])
         if torch_step is not None:
             ratios.append(statistics.median(block["torch"]) / statistics.median(block["ours"]))
@@ -288,6 +314,7 @@ def main(argv=None):
     ours = summarize(ours_times, tokens_per_step)
     ours["compile_plus_first_step_s"] = info.pop("compile_plus_first_step_s")
     ours["final_loss"] = ours_loss()
+    ours["minor_page_faults_per_step"] = round(faults["ours"] / len(ours_times))
     torch_res = None
     torch_threads = None
     if torch_step is not None:
@@ -295,6 +322,7 @@ def main(argv=None):
         torch_threads = tinfo.pop("torch_threads")
         torch_res.update(tinfo)
         torch_res["final_loss"] = torch_loss()
+        torch_res["minor_page_faults_per_step"] = round(faults["torch"] / len(torch_times))
 
     fpt = info["flops_per_token"]
     achieved = fpt * ours["tokens_per_s"]
@@ -317,6 +345,7 @@ def main(argv=None):
         "host": f"{_platform.machine()} {os.cpu_count()} cpus",
         "jax_version": info["jax_version"],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "torch_threads": torch_threads,
         "ours": ours,
         "torch": torch_res,

@@ -1,0 +1,95 @@
+"""Transparent huge pages for XLA:CPU's per-execution buffers (Linux + glibc).
+
+XLA:CPU allocates a program's temporaries as one block per execution and frees it afterwards.
+For the benchmark GPT's train step (6 x 384, batch 8 x 512) that block is 1.34 GB: glibc
+serves it with a fresh ``mmap`` each step, so every step touches ~330,000 new 4 KiB pages.
+The page faults cost 0.5-1.2 s of kernel time per 1.6-2.0 s step on a 2-core host
+(BUILD_NOTES.md, "Speed, session 8"). With glibc's ``glibc.malloc.hugetlb=1`` tunable,
+malloc asks for transparent huge pages on such blocks (``madvise(MADV_HUGEPAGE)``): 2 MiB
+pages, ~5,000 faults per step, and the step took 1.28 s instead of 1.58 s.
+
+A glibc tunable is read once, when the process starts, so the ``audiolm-jax`` command
+re-executes itself with the tunable added (``maybe_reexec``) before doing any work. Nothing
+else changes: same interpreter, arguments, environment and process id. It is skipped where it
+cannot help (not Linux/glibc >= 2.35, THP not in ``madvise`` mode) or when
+``AUDIOLM_JAX_HUGEPAGES=0``; a tunable already set by the user is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+TUNABLE = "glibc.malloc.hugetlb"
+OPT_OUT = "AUDIOLM_JAX_HUGEPAGES"
+_DONE = "AUDIOLM_JAX_HUGEPAGES_REEXEC"  # set in the re-executed process: never loops
+_THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
+    """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'), None if unknown."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return None
+
+
+def _glibc_version() -> tuple[int, int] | None:
+    lib, version = platform.libc_ver()
+    if lib != "glibc":
+        return None
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+def reexec_environment(environ, *, system: str, glibc: tuple[int, int] | None,
+                       thp: str | None) -> dict | None:
+    """The environment to re-execute with, or None when no re-exec is wanted.
+
+    Pure: the caller passes the environment and what it knows of the host, so each rule is
+    testable. ``madvise`` is the only THP mode where the tunable changes anything: under
+    ``always`` every large mapping already gets huge pages, under ``never`` none can.
+    """
+    if environ.get(OPT_OUT, "1") == "0" or environ.get(_DONE):
+        return None
+    if system != "Linux" or glibc is None or glibc < (2, 35) or thp != "madvise":
+        return None
+    current = environ.get("GLIBC_TUNABLES", "")
+    if any(item.split("=", 1)[0] == TUNABLE for item in current.split(":") if item):
+        return None  # the user chose a value: keep it
+    env = dict(environ)
+    env["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
+    env[_DONE] = "1"
+    return env
+
+
+def maybe_reexec() -> None:
+    """Re-executes this Python process with glibc's huge-page malloc tunable, if it helps
+    here (see the module docstring). Returns only when no re-exec happens. Call it first
+    thing in a command's entry point, before any output or threads."""
+    env = reexec_environment(os.environ, system=platform.system(), glibc=_glibc_version(),
+                             thp=thp_mode())
+    if env is None:
+        return
+    argv = [sys.executable] + list(getattr(sys, "orig_argv", sys.argv)[1:])
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, env)
+    except OSError:
+        return  # could not re-execute (odd interpreter path): run as we are
+
+
+def active() -> bool:
+    """Whether this process started with the huge-page tunable (for logs and benchmarks)."""
+    return any(item.split("=", 1)[0] == TUNABLE and item.split("=", 1)[-1] != "0"
+               for item in os.environ.get("GLIBC_TUNABLES", "").split(":") if item)

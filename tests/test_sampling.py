@@ -9,9 +9,10 @@ import pytest
 
 from audiolm_jax.lm.patterns import DelayPattern
 from audiolm_jax.lm.sampling import (
-    combine_forced, delay_special_mask, generate, generate_cache_size, sample_logits,
-    segment_plan)
-from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
+    SPLIT_KERNELS_MIN_BATCH, combine_forced, delay_special_mask, generate, generate_cache_size,
+    sample_logits, segment_plan)
+from audiolm_jax.lm.transformer import (MLP_IN_PARTS, QKV_PARTS, Transformer, TransformerConfig,
+                                        init_cache, init_params, with_decode_kernels)
 
 TINY = dict(vocab_size=32, num_layers=2, num_heads=2, width=16, context=16)
 
@@ -122,14 +123,41 @@ def test_allowed_vocab():
 @pytest.mark.parametrize("kw", [dict(positions="learned"), dict(positions="rope"),
                                 dict(num_levels=3)],
                          ids=["learned", "rope", "3-level"])
-def test_greedy_matches_naive_loop(kw):
+@pytest.mark.parametrize("batch", [2, SPLIT_KERNELS_MIN_BATCH])  # fused / split decode kernels
+def test_greedy_matches_naive_loop(kw, batch):
     cfg, model, params = _setup(**kw)
-    prompt = _prompt(cfg, 2, 4)
+    prompt = _prompt(cfg, batch, 4)
     num_new = 8
     got = generate(model, params, prompt, num_new, jax.random.PRNGKey(0), temperature=0.0)
     want = _naive_greedy(model, params, prompt, num_new)
     assert got.shape == want.shape == prompt.shape[:-1] + (4 + num_new,)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("kw", [dict(positions="learned"), dict(positions="rope", bias=False)],
+                         ids=["learned+bias", "rope-no-bias"])
+def test_decode_kernels_give_the_same_logits(kw):
+    """decode with with_decode_kernels(params) (q/k/v and MLP-input kernels split) gives the
+    logits of the fused kernels, and really reads the split copies."""
+    cfg, model, params = _setup(**kw)
+    split = with_decode_kernels(params)
+    for i in range(cfg.num_layers):
+        block = split[f"blocks_{i}"]
+        assert set(QKV_PARTS) <= set(block["attn"]) and set(MLP_IN_PARTS) <= set(block["mlp"])
+    prompt = _prompt(cfg, 3, 5)
+
+    def run(p):
+        decode = jax.jit(lambda p, t, c, i: model.apply({"params": p}, t, c, i,
+                                                        method=Transformer.decode))
+        logits, cache = decode(p, prompt, init_cache(cfg, 3, 8), 0)
+        step, _ = decode(p, prompt[:, :1], cache, 5)
+        return np.concatenate([np.asarray(logits), np.asarray(step)], axis=1)
+
+    np.testing.assert_allclose(run(split), run(params), rtol=1e-5, atol=1e-5)
+    for name, block_key in ((QKV_PARTS[1], "attn"), (MLP_IN_PARTS[1], "mlp")):
+        broken = jax.tree.map(lambda x: x, split)  # a copy of the nested dicts
+        broken["blocks_0"][block_key][name] = jnp.zeros_like(split["blocks_0"][block_key][name])
+        assert np.abs(run(broken) - run(params)).max() > 1e-3, name
 
 
 def test_segment_plan():

@@ -170,6 +170,39 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
 # ----------------------------------------------------------------------------- modules
 
 
+# Decode-only copies of weights, split out by with_decode_kernels; never initialised or
+# trained, and only read when present.
+QKV_PARTS = ("q_kernel", "k_kernel", "v_kernel")  # attention's qkv_kernel [W, 3, H, D]
+MLP_IN_PARTS = ("in_kernel_0", "in_kernel_1")  # the MLP's in_kernel [W, M], column halves
+
+
+def with_decode_kernels(params):
+    """``params`` plus decode-only splits of two fused kernels in every layer: attention's
+    ``qkv_kernel`` [W, 3, H, D] as ``q_kernel``/``k_kernel``/``v_kernel`` [W, H, D], and the
+    MLP's ``in_kernel`` [W, M] as two column halves. ``decode`` uses them when present.
+
+    For samplers at batch 4 and up, called once per generate call outside the decoding loop
+    (split inside the loop, XLA copies the slices at every step, which costs more than it
+    gains). At 4-8 rows XLA:CPU's matmul kernels read the narrower weights faster: batch-8
+    sampling of the benchmark GPT +4-8%, but batch 1 -4-7% (in-process A/Bs, BUILD_NOTES.md,
+    "Speed, session 8"). Each output column is the same dot product, so results match.
+    """
+    def walk(tree):
+        if not hasattr(tree, "items"):
+            return tree
+        out = {k: walk(v) for k, v in tree.items()}
+        qkv = nn.meta.unbox(out.get("qkv_kernel"))
+        if getattr(qkv, "ndim", 0) == 4 and QKV_PARTS[0] not in out:
+            out.update({name: qkv[:, j] for j, name in enumerate(QKV_PARTS)})
+        w_in = nn.meta.unbox(out.get("in_kernel"))
+        if getattr(w_in, "ndim", 0) == 2 and MLP_IN_PARTS[0] not in out:
+            half = w_in.shape[1] // 2
+            out.update(dict(zip(MLP_IN_PARTS, (w_in[:, :half], w_in[:, half:]))))
+        return out
+
+    return walk(params)
+
+
 class CausalSelfAttention(nn.Module):
     config: TransformerConfig
 
@@ -185,11 +218,20 @@ class CausalSelfAttention(nn.Module):
         H, D, W = cfg.num_heads, cfg.head_dim, cfg.width
         qkv_w = _param(self, "qkv_kernel", (W, 3, H, D), ("embed", None, "heads", "kv"),
                        _normal(0.02))
-        qkv = jnp.einsum("btw,wshd->btshd", x, qkv_w.astype(cfg.dtype))
-        if cfg.bias:
-            qkv = qkv + _param(self, "qkv_bias", (3, H, D), (None, "heads", "kv"),
-                               nn.initializers.zeros).astype(cfg.dtype)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, D]
+        qkv_b = (_param(self, "qkv_bias", (3, H, D), (None, "heads", "kv"),
+                        nn.initializers.zeros).astype(cfg.dtype) if cfg.bias else None)
+        if kv_cache is not None and self.has_variable("params", QKV_PARTS[0]):
+            # Decoding with with_decode_kernels(params): three [W, H*D] products instead of
+            # one [W, 3*H*D], faster at a few rows.
+            q, k, v = (jnp.einsum("btw,whd->bthd", x,
+                                  self.get_variable("params", name).astype(cfg.dtype))
+                       + (0 if qkv_b is None else qkv_b[j])
+                       for j, name in enumerate(QKV_PARTS))
+        else:
+            qkv = jnp.einsum("btw,wshd->btshd", x, qkv_w.astype(cfg.dtype))
+            if qkv_b is not None:
+                qkv = qkv + qkv_b
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, D]
         if cfg.positions == "rope":
             q = apply_rope(q, positions, cfg.rope_base)
             k = apply_rope(k, positions, cfg.rope_base)
@@ -281,7 +323,12 @@ class MLP(nn.Module):
     def __call__(self, x, train: bool = False):
         cfg = self.config
         W, M = cfg.width, cfg.mlp_width
-        h = x @ _param(self, "in_kernel", (W, M), ("embed", "mlp"), _normal(0.02)).astype(cfg.dtype)
+        in_w = _param(self, "in_kernel", (W, M), ("embed", "mlp"), _normal(0.02))
+        if self.has_variable("params", MLP_IN_PARTS[0]):  # with_decode_kernels(params)
+            h = jnp.concatenate([x @ self.get_variable("params", name).astype(cfg.dtype)
+                                 for name in MLP_IN_PARTS], axis=-1)
+        else:
+            h = x @ in_w.astype(cfg.dtype)
         if cfg.bias:
             h = h + _param(self, "in_bias", (M,), ("mlp",), nn.initializers.zeros).astype(cfg.dtype)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation

@@ -63,9 +63,9 @@ def reexec_environment(environ, *, system: str, glibc: tuple[int, int] | None,
         return None
     if system != "Linux" or glibc is None or glibc < (2, 35) or thp != "madvise":
         return None
-    current = environ.get("GLIBC_TUNABLES", "")
-    if any(item.split("=", 1)[0] == TUNABLE for item in current.split(":") if item):
+    if _tunable_value(environ) is not None:
         return None  # the user chose a value: keep it
+    current = environ.get("GLIBC_TUNABLES", "")
     env = dict(environ)
     env["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
     env[_DONE] = "1"
@@ -89,7 +89,15 @@ def maybe_reexec() -> None:
         return  # could not re-execute (odd interpreter path): run as we are
 
 
+def _tunable_value(environ) -> str | None:
+    """This module's tunable's value in ``environ``'s ``GLIBC_TUNABLES``, None if unset."""
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name == TUNABLE:
+            return value
+    return None
+
+
 def active() -> bool:
     """Whether this process started with the huge-page tunable (for logs and benchmarks)."""
-    return any(item.split("=", 1)[0] == TUNABLE and item.split("=", 1)[-1] != "0"
-               for item in os.environ.get("GLIBC_TUNABLES", "").split(":") if item)
+    return _tunable_value(os.environ) not in (None, "0")

@@ -179,7 +179,7 @@ MLP_IN_PARTS = ("in_kernel_0", "in_kernel_1")  # the MLP's in_kernel [W, M], col
 def with_decode_kernels(params):
     """``params`` plus decode-only splits of two fused kernels in every layer: attention's
     ``qkv_kernel`` [W, 3, H, D] as ``q_kernel``/``k_kernel``/``v_kernel`` [W, H, D], and the
-    MLP's ``in_kernel`` [W, M] as two column halves. ``decode`` uses them when present.
+    MLP's ``in_kernel`` [W, M] as two column halves, which the model reads when present.
 
     For samplers at batch 4 and up, called once per generate call outside the decoding loop
     (split inside the loop, XLA copies the slices at every step, which costs more than it
@@ -220,9 +220,8 @@ class CausalSelfAttention(nn.Module):
                        _normal(0.02))
         qkv_b = (_param(self, "qkv_bias", (3, H, D), (None, "heads", "kv"),
                         nn.initializers.zeros).astype(cfg.dtype) if cfg.bias else None)
-        if kv_cache is not None and self.has_variable("params", QKV_PARTS[0]):
-            # Decoding with with_decode_kernels(params): three [W, H*D] products instead of
-            # one [W, 3*H*D], faster at a few rows.
+        if self.has_variable("params", QKV_PARTS[0]):  # with_decode_kernels(params)
+            # Three [W, H*D] products instead of one [W, 3*H*D]: faster at a few rows.
             q, k, v = (jnp.einsum("btw,whd->bthd", x,
                                   self.get_variable("params", name).astype(cfg.dtype))
                        + (0 if qkv_b is None else qkv_b[j])

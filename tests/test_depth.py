@@ -303,6 +303,18 @@ def test_generate_depth_forcing_determinism_and_greedy_reference():
         generate_depth(model, params, prompt, 10, jax.random.PRNGKey(0))
 
 
+def test_generate_depth_batch_one_greedy_reference():
+    """Batch 1 decodes with the other kernel layout (sampling.decode_layout): still the
+    naive loop's greedy frames."""
+    model, params = small_model(levels=4, std=0.3)
+    prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (1, 4, 3), 0, CODEBOOK))
+    no_forcing = np.zeros((1, 4, 8), bool)
+    greedy = generate_depth(model, params, prompt, 5, jax.random.PRNGKey(0), temperature=0.0)
+    np.testing.assert_array_equal(
+        greedy, _naive_greedy(model, params, prompt, 5, np.zeros_like(no_forcing, np.int32),
+                              no_forcing))
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -1,6 +1,8 @@
 """Sampling: sample_logits filters, KV-cached generate vs a naive full-forward loop, forcing,
 determinism, one compilation per shape, delay-layout special-token forcing."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,9 @@ from audiolm_jax.lm.patterns import DelayPattern
 from audiolm_jax.lm.sampling import (
     SPLIT_KERNELS_MIN_BATCH, combine_forced, delay_special_mask, generate, generate_cache_size,
     sample_logits, segment_plan)
-from audiolm_jax.lm.transformer import (MLP_IN_PARTS, QKV_PARTS, Transformer, TransformerConfig,
-                                        init_cache, init_params, with_decode_kernels)
+from audiolm_jax.lm.transformer import (DECODE_LAYOUTS, HEAD_COPIES, MLP_IN_PARTS, QKV_PARTS,
+                                        TRANSPOSED, Transformer, TransformerConfig, init_cache,
+                                        init_params, with_decode_kernels)
 
 TINY = dict(vocab_size=32, num_layers=2, num_heads=2, width=16, context=16)
 
@@ -121,9 +124,11 @@ def test_allowed_vocab():
 
 
 @pytest.mark.parametrize("kw", [dict(positions="learned"), dict(positions="rope"),
+                                dict(positions="rope", tie_embeddings=False),
                                 dict(num_levels=3)],
-                         ids=["learned", "rope", "3-level"])
-@pytest.mark.parametrize("batch", [2, SPLIT_KERNELS_MIN_BATCH])  # fused / split decode kernels
+                         ids=["learned", "rope", "rope-untied", "3-level"])
+# transposed / split decode kernels (on CPU)
+@pytest.mark.parametrize("batch", [SPLIT_KERNELS_MIN_BATCH - 1, SPLIT_KERNELS_MIN_BATCH])
 def test_greedy_matches_naive_loop(kw, batch):
     cfg, model, params = _setup(**kw)
     prompt = _prompt(cfg, batch, 4)
@@ -134,16 +139,27 @@ def test_greedy_matches_naive_loop(kw, batch):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-@pytest.mark.parametrize("kw", [dict(positions="learned"), dict(positions="rope", bias=False)],
-                         ids=["learned+bias", "rope-no-bias"])
-def test_decode_kernels_give_the_same_logits(kw):
-    """decode with with_decode_kernels(params) (q/k/v and MLP-input kernels split) gives the
-    logits of the fused kernels, and really reads the split copies."""
+@pytest.mark.parametrize("layout", DECODE_LAYOUTS)
+@pytest.mark.parametrize("kw", [dict(positions="learned"),
+                                dict(positions="rope", bias=False, tie_embeddings=False)],
+                         ids=["learned+bias+tied", "rope-no-bias-untied"])
+def test_decode_kernels_give_the_same_logits(kw, layout):
+    """decode with with_decode_kernels(params, layout) gives the logits of the stored
+    kernels, and really reads every copy it adds (zeroing one changes the logits)."""
     cfg, model, params = _setup(**kw)
-    split = with_decode_kernels(params)
-    for i in range(cfg.num_layers):
-        block = split[f"blocks_{i}"]
-        assert set(QKV_PARTS) <= set(block["attn"]) and set(MLP_IN_PARTS) <= set(block["mlp"])
+    copies = with_decode_kernels(params, layout, cfg)
+    if layout == "split":
+        block_copies = {"attn": QKV_PARTS, "mlp": MLP_IN_PARTS}
+        head_copy = HEAD_COPIES[0] if cfg.tied else None  # an untied head is [W, V] already
+    else:
+        block_copies = {"attn": (TRANSPOSED["qkv_kernel"],),
+                        "mlp": (TRANSPOSED["in_kernel"], TRANSPOSED["out_kernel"])}
+        head_copy = None if cfg.tied else HEAD_COPIES[1]  # a tied head is [V, W] already
+    added = [(f"blocks_{i}", key, name) for i in range(cfg.num_layers)
+             for key, names in block_copies.items() for name in names]
+    for block, key, name in added:
+        assert name in copies[block][key] and name not in params[block][key]
+    assert {n for n in HEAD_COPIES if n in copies} == ({head_copy} if head_copy else set())
     prompt = _prompt(cfg, 3, 5)
 
     def run(p):
@@ -153,11 +169,22 @@ def test_decode_kernels_give_the_same_logits(kw):
         step, _ = decode(p, prompt[:, :1], cache, 5)
         return np.concatenate([np.asarray(logits), np.asarray(step)], axis=1)
 
-    np.testing.assert_allclose(run(split), run(params), rtol=1e-5, atol=1e-5)
-    for name, block_key in ((QKV_PARTS[1], "attn"), (MLP_IN_PARTS[1], "mlp")):
-        broken = jax.tree.map(lambda x: x, split)  # a copy of the nested dicts
-        broken["blocks_0"][block_key][name] = jnp.zeros_like(split["blocks_0"][block_key][name])
-        assert np.abs(run(broken) - run(params)).max() > 1e-3, name
+    want = run(params)
+    np.testing.assert_allclose(run(copies), want, rtol=1e-5, atol=1e-5)
+    # zero each copy of the first block, and the head copy
+    zeroed = [(("blocks_0", key), name) for block, key, name in added if block == "blocks_0"]
+    zeroed += [((), head_copy)] if head_copy else []
+    for path, name in zeroed:
+        broken = jax.tree.map(lambda x: x, copies)  # a copy of the nested dicts
+        target = functools.reduce(dict.__getitem__, path, broken)
+        target[name] = jnp.zeros_like(target[name])
+        assert np.abs(run(broken) - want).max() > 1e-3, name
+
+
+def test_decode_kernels_reject_an_unknown_layout():
+    cfg, _, params = _setup()
+    with pytest.raises(ValueError, match="layout"):
+        with_decode_kernels(params, "diagonal", cfg)
 
 
 def test_segment_plan():

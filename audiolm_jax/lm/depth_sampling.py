@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise, scan_growing_cache,
-                                     segment_plan)
-from audiolm_jax.lm.transformer import init_cache
+from audiolm_jax.lm.sampling import (broadcast_forced, decode_layout, sample_with_noise,
+                                     scan_growing_cache, segment_plan)
+from audiolm_jax.lm.transformer import init_cache, with_decode_kernels
 from audiolm_jax.xla_options import lm_cpu_options
 
 __all__ = ["generate_depth", "generate_depth_cache_size"]
@@ -40,6 +40,9 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
     out = jax.lax.dynamic_update_slice_in_dim(out, prompt, 0, axis=2)
     if forced is not None:
         out = jnp.where(forced_mask, forced, out)
+    layout = decode_layout(B)  # the kernels' layout for this batch size, as generate
+    if layout is not None:
+        params = with_decode_kernels(params, layout)  # once, outside the loop
     apply = functools.partial(model.apply, {"params": params})
 
     # The temporal cache grows segment by segment, as in sampling.generate.

@@ -217,9 +217,19 @@ def _last(logits):
     return logits[..., -1, :]
 
 
-# From this batch size on, generate decodes with the attention and MLP input kernels split
-# (transformer.with_decode_kernels): measured faster at batch 8, slower at batch 1.
-SPLIT_KERNELS_MIN_BATCH = 4
+# On CPU, generate decodes with copies of the big kernels laid out for the batch size
+# (transformer.with_decode_kernels): "transposed" at batch 1, "split" from this batch size on.
+# Each was measured faster than the stored layout at those sizes and slower at the others.
+SPLIT_KERNELS_MIN_BATCH = 2
+
+
+def decode_layout(batch_size: int) -> Optional[str]:
+    """The with_decode_kernels layout ``generate`` uses at this batch size, or None (the
+    kernels as stored) off CPU, where the copies were never measured and would only cost
+    memory."""
+    if jax.default_backend() != "cpu":
+        return None
+    return "split" if batch_size >= SPLIT_KERNELS_MIN_BATCH else "transposed"
 
 
 def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, forced,
@@ -234,8 +244,9 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
         out = jnp.where(forced_mask, forced, out)  # forced prompt slots too
     prompt = out[..., :P]
 
-    if B >= SPLIT_KERNELS_MIN_BATCH:
-        params = with_decode_kernels(params)  # once, outside the loop
+    layout = decode_layout(B)
+    if layout is not None:
+        params = with_decode_kernels(params, layout, model.config)  # once, outside the loop
 
     def decode(tokens, cache, index):
         return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)

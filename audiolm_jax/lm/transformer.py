@@ -170,37 +170,73 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
 # ----------------------------------------------------------------------------- modules
 
 
-# Decode-only copies of weights, split out by with_decode_kernels; never initialised or
-# trained, and only read when present.
+# Decode-only copies of weights, made by with_decode_kernels; never initialised or trained,
+# and only read when present.
 QKV_PARTS = ("q_kernel", "k_kernel", "v_kernel")  # attention's qkv_kernel [W, 3, H, D]
 MLP_IN_PARTS = ("in_kernel_0", "in_kernel_1")  # the MLP's in_kernel [W, M], column halves
+# kernel -> its copy stored [outputs, inputs]: attention's qkv_kernel, the MLP's two kernels
+TRANSPOSED = {"qkv_kernel": "qkv_kernel_t", "in_kernel": "in_kernel_t",
+              "out_kernel": "out_kernel_t"}
+# the single-level LM head (tied or not) as [W, V] / as [V, W]
+HEAD_COPIES = ("head_kernel", "head_kernel_t")
+DECODE_LAYOUTS = ("split", "transposed")
 
 
-def with_decode_kernels(params):
-    """``params`` plus decode-only splits of two fused kernels in every layer: attention's
-    ``qkv_kernel`` [W, 3, H, D] as ``q_kernel``/``k_kernel``/``v_kernel`` [W, H, D], and the
-    MLP's ``in_kernel`` [W, M] as two column halves, which the model reads when present.
+def with_decode_kernels(params, layout: str = "split", config: "TransformerConfig | None" = None):
+    """``params`` plus decode-only copies of the big kernels, laid out for XLA:CPU's
+    matrix-vector kernels; the model reads them when present. Results match: each output is
+    the same dot product.
 
-    For samplers at batch 4 and up, called once per generate call outside the decoding loop
-    (split inside the loop, XLA copies the slices at every step, which costs more than it
-    gains). At 4-8 rows XLA:CPU's matmul kernels read the narrower weights faster: batch-8
-    sampling of the benchmark GPT +4-8%, but batch 1 -4-7% (in-process A/Bs, BUILD_NOTES.md,
-    "Speed, session 8"). Each output column is the same dot product, so results match.
+    * ``"split"`` (samplers at batch 2 and up): attention's ``qkv_kernel`` [W, 3, H, D] as
+      ``q_kernel``/``k_kernel``/``v_kernel`` [W, H, D], the MLP's ``in_kernel`` [W, M] as two
+      column halves, and (given ``config``) a tied LM head as ``head_kernel`` [W, V]. At 2-8
+      rows XLA:CPU reads the narrower weights, and the head as [W, V], faster: batch-8
+      sampling of the benchmark GPT +4-8% (the head copy +1.4% of it), batch 2 +5%; at
+      batch 1 this layout is 4-7% slower.
+    * ``"transposed"`` (batch 1): ``qkv_kernel`` and the MLP's two kernels stored [outputs,
+      inputs] (``*_t``), and (given ``config``) an untied LM head as ``head_kernel_t``
+      [V, W], so each output is a dot over one contiguous row: +5% at batch 1, far slower
+      at 2-8 rows.
+
+    Called once per generate call, outside the decoding loop: made inside it, XLA copies
+    the weights at every step, which costs more than it gains (BUILD_NOTES.md, "Speed,
+    session 8" and "session 9"). The copies double the weights' memory while sampling.
     """
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"layout must be one of {DECODE_LAYOUTS}, got {layout!r}")
+
     def walk(tree):
         if not hasattr(tree, "items"):
             return tree
         out = {k: walk(v) for k, v in tree.items()}
-        qkv = nn.meta.unbox(out.get("qkv_kernel"))
-        if getattr(qkv, "ndim", 0) == 4 and QKV_PARTS[0] not in out:
-            out.update({name: qkv[:, j] for j, name in enumerate(QKV_PARTS)})
-        w_in = nn.meta.unbox(out.get("in_kernel"))
-        if getattr(w_in, "ndim", 0) == 2 and MLP_IN_PARTS[0] not in out:
-            half = w_in.shape[1] // 2
-            out.update(dict(zip(MLP_IN_PARTS, (w_in[:, :half], w_in[:, half:]))))
+        qkv = nn.meta.unbox(out.get("qkv_kernel"))  # an attention module's params
+        w_in = nn.meta.unbox(out.get("in_kernel"))  # an MLP's
+        if layout == "transposed":
+            if getattr(qkv, "ndim", 0) == 4:
+                out.setdefault(TRANSPOSED["qkv_kernel"], qkv.reshape(qkv.shape[0], -1).T)
+            if getattr(w_in, "ndim", 0) == 2:
+                out.setdefault(TRANSPOSED["in_kernel"], w_in.T)
+                out.setdefault(TRANSPOSED["out_kernel"], nn.meta.unbox(out["out_kernel"]).T)
+        else:
+            if getattr(qkv, "ndim", 0) == 4:
+                for j, name in enumerate(QKV_PARTS):
+                    out.setdefault(name, qkv[:, j])
+            if getattr(w_in, "ndim", 0) == 2:
+                half = w_in.shape[1] // 2
+                for name, part in zip(MLP_IN_PARTS, (w_in[:, :half], w_in[:, half:])):
+                    out.setdefault(name, part)
         return out
 
-    return walk(params)
+    out = walk(params)
+    if config is not None and config.output_head and config.num_levels == 1:
+        # The head is stored [V, W] when tied (the embedding) and [W, V] otherwise; copy it
+        # only where the layout wants the other one.
+        top = out["params"] if "params" in out else out  # a bare tree or {"params": ...}
+        if layout == "split" and config.tied:
+            top.setdefault(HEAD_COPIES[0], nn.meta.unbox(top["wte"]).T)
+        elif layout == "transposed" and not config.tied:
+            top.setdefault(HEAD_COPIES[1], nn.meta.unbox(top["lm_head"]).T)
+    return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -220,7 +256,13 @@ class CausalSelfAttention(nn.Module):
                        _normal(0.02))
         qkv_b = (_param(self, "qkv_bias", (3, H, D), (None, "heads", "kv"),
                         nn.initializers.zeros).astype(cfg.dtype) if cfg.bias else None)
-        if self.has_variable("params", QKV_PARTS[0]):  # with_decode_kernels(params)
+        if self.has_variable("params", TRANSPOSED["qkv_kernel"]):  # with_decode_kernels
+            w_t = self.get_variable("params", TRANSPOSED["qkv_kernel"]).astype(cfg.dtype)
+            qkv = jnp.einsum("btw,nw->btn", x, w_t).reshape(x.shape[:2] + (3, H, D))
+            if qkv_b is not None:
+                qkv = qkv + qkv_b
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        elif self.has_variable("params", QKV_PARTS[0]):  # with_decode_kernels(params)
             # Three [W, H*D] products instead of one [W, 3*H*D]: faster at a few rows.
             q, k, v = (jnp.einsum("btw,whd->bthd", x,
                                   self.get_variable("params", name).astype(cfg.dtype))
@@ -323,7 +365,10 @@ class MLP(nn.Module):
         cfg = self.config
         W, M = cfg.width, cfg.mlp_width
         in_w = _param(self, "in_kernel", (W, M), ("embed", "mlp"), _normal(0.02))
-        if self.has_variable("params", MLP_IN_PARTS[0]):  # with_decode_kernels(params)
+        if self.has_variable("params", TRANSPOSED["in_kernel"]):  # with_decode_kernels
+            h = jnp.einsum("btw,mw->btm", x, self.get_variable(
+                "params", TRANSPOSED["in_kernel"]).astype(cfg.dtype))
+        elif self.has_variable("params", MLP_IN_PARTS[0]):  # with_decode_kernels(params)
             h = jnp.concatenate([x @ self.get_variable("params", name).astype(cfg.dtype)
                                  for name in MLP_IN_PARTS], axis=-1)
         else:
@@ -332,8 +377,12 @@ class MLP(nn.Module):
             h = h + _param(self, "in_bias", (M,), ("mlp",), nn.initializers.zeros).astype(cfg.dtype)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        y = h @ _param(self, "out_kernel", (M, W), ("mlp", "embed"),
-                       _normal(_residual_std(cfg))).astype(cfg.dtype)
+        out_w = _param(self, "out_kernel", (M, W), ("mlp", "embed"), _normal(_residual_std(cfg)))
+        if self.has_variable("params", TRANSPOSED["out_kernel"]):  # with_decode_kernels
+            y = jnp.einsum("btm,wm->btw", h, self.get_variable(
+                "params", TRANSPOSED["out_kernel"]).astype(cfg.dtype))
+        else:
+            y = h @ out_w.astype(cfg.dtype)
         if cfg.bias:
             y = y + _param(self, "out_bias", (W,), ("embed",), nn.initializers.zeros).astype(cfg.dtype)
         return nn.Dropout(cfg.dropout)(y, deterministic=not train)
@@ -412,7 +461,12 @@ class Transformer(nn.Module):
             raise ValueError("this Transformer has no LM head (output_head=False); "
                              "use features / decode_features")
         f32 = jnp.float32
-        if cfg.tied:
+        copies = [name for name in HEAD_COPIES if self.has_variable("params", name)]
+        if copies and cfg.num_levels == 1:  # with_decode_kernels
+            spec = "btw,wv->btv" if copies[0] == HEAD_COPIES[0] else "btw,vw->btv"
+            logits = jnp.einsum(spec, x, self.get_variable("params", copies[0]).astype(cfg.dtype),
+                                preferred_element_type=f32)
+        elif cfg.tied:
             logits = jnp.einsum("btw,vw->btv", x, self.wte.astype(cfg.dtype),
                                 preferred_element_type=f32)
         elif cfg.num_levels == 1:

@@ -14,8 +14,9 @@ speed, session 4"), interleaving compiled variants of the same program in one pr
 
 Codec programs (convolutions) showed no gain, so they keep the default. The options only apply
 on x86-64 CPUs (where jaxlib ships these libraries); ``AUDIOLM_JAX_CPU_KERNELS=default``
-turns them off. They are passed to ``jax.jit(compiler_options=...)``, so they never affect
-other programs in the process, and the backend is only queried when a program is built.
+turns them off, and the samplers' decode-layout weight copies with them. They are passed to
+``jax.jit(compiler_options=...)``, so they never affect other programs in the process, and
+the backend is only queried when a program is built.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def lm_cpu_options(kind: str) -> dict | None:
     XLA's defaults) off CPU, off x86-64, or when ``AUDIOLM_JAX_CPU_KERNELS=default``."""
     if kind not in _OPTIONS:
         raise ValueError(f"kind must be one of {sorted(_OPTIONS)}, got {kind!r}")
-    if os.environ.get("AUDIOLM_JAX_CPU_KERNELS", "tuned") == "default":
+    if not cpu_tuning_enabled():
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
@@ -54,6 +55,12 @@ def lm_cpu_options(kind: str) -> dict | None:
     if not _accepted(kind):
         return None
     return dict(_OPTIONS[kind])
+
+
+def cpu_tuning_enabled() -> bool:
+    """False when ``AUDIOLM_JAX_CPU_KERNELS=default``: no tuned kernel options here, and no
+    decode-layout weight copies in the samplers (``lm.sampling.decode_layout``)."""
+    return os.environ.get("AUDIOLM_JAX_CPU_KERNELS", "tuned") != "default"
 
 
 @functools.cache

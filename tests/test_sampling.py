@@ -11,8 +11,8 @@ import pytest
 
 from audiolm_jax.lm.patterns import DelayPattern
 from audiolm_jax.lm.sampling import (
-    SPLIT_KERNELS_MIN_BATCH, combine_forced, delay_special_mask, generate, generate_cache_size,
-    sample_logits, segment_plan)
+    SPLIT_KERNELS_MIN_BATCH, combine_forced, decode_layout, delay_special_mask, generate,
+    generate_cache_size, sample_logits, segment_plan)
 from audiolm_jax.lm.transformer import (DECODE_LAYOUTS, HEAD_COPIES, MLP_IN_PARTS, QKV_PARTS,
                                         TRANSPOSED, Transformer, TransformerConfig, init_cache,
                                         init_params, with_decode_kernels)
@@ -179,6 +179,19 @@ def test_decode_kernels_give_the_same_logits(kw, layout):
         target = functools.reduce(dict.__getitem__, path, broken)
         target[name] = jnp.zeros_like(target[name])
         assert np.abs(run(broken) - want).max() > 1e-3, name
+
+
+def test_decode_layout_per_batch_and_opt_out(monkeypatch):
+    """On CPU: [outputs, inputs] kernels at batch 1, split ones from batch 2; none with
+    AUDIOLM_JAX_CPU_KERNELS=default, and generate still matches the naive loop then."""
+    assert decode_layout(1) == "transposed"
+    assert decode_layout(2) == decode_layout(8) == "split"
+    monkeypatch.setenv("AUDIOLM_JAX_CPU_KERNELS", "default")
+    assert decode_layout(1) is None and decode_layout(8) is None
+    cfg, model, params = _setup()
+    prompt = _prompt(cfg, 1, 3)
+    got = generate(model, params, prompt, 7, jax.random.PRNGKey(0), temperature=0.0)  # new shape
+    np.testing.assert_array_equal(np.asarray(got), _naive_greedy(model, params, prompt, 7))
 
 
 def test_decode_kernels_reject_an_unknown_layout():

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiolm_jax.lm.transformer import Transformer, init_cache, with_decode_kernels
-from audiolm_jax.xla_options import lm_cpu_options
+from audiolm_jax.xla_options import cpu_tuning_enabled, lm_cpu_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
            "segment_plan", "grow_cache", "scan_growing_cache",
@@ -225,9 +225,11 @@ SPLIT_KERNELS_MIN_BATCH = 2
 
 def decode_layout(batch_size: int) -> Optional[str]:
     """The with_decode_kernels layout ``generate`` uses at this batch size, or None (the
-    kernels as stored) off CPU, where the copies were never measured and would only cost
-    memory."""
-    if jax.default_backend() != "cpu":
+    kernels as stored): off CPU, where the copies were never measured and would only cost
+    memory, and with ``AUDIOLM_JAX_CPU_KERNELS=default`` (no CPU tuning, as in
+    :mod:`audiolm_jax.xla_options`; e.g. for a model whose weights fit in memory once but
+    not twice). Read when a sampler is traced, i.e. at its first call for a shape."""
+    if jax.default_backend() != "cpu" or not cpu_tuning_enabled():
         return None
     return "split" if batch_size >= SPLIT_KERNELS_MIN_BATCH else "transposed"
 

@@ -256,20 +256,18 @@ class CausalSelfAttention(nn.Module):
                        _normal(0.02))
         qkv_b = (_param(self, "qkv_bias", (3, H, D), (None, "heads", "kv"),
                         nn.initializers.zeros).astype(cfg.dtype) if cfg.bias else None)
-        if self.has_variable("params", TRANSPOSED["qkv_kernel"]):  # with_decode_kernels
-            w_t = self.get_variable("params", TRANSPOSED["qkv_kernel"]).astype(cfg.dtype)
-            qkv = jnp.einsum("btw,nw->btn", x, w_t).reshape(x.shape[:2] + (3, H, D))
-            if qkv_b is not None:
-                qkv = qkv + qkv_b
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        elif self.has_variable("params", QKV_PARTS[0]):  # with_decode_kernels(params)
+        if self.has_variable("params", QKV_PARTS[0]):  # with_decode_kernels(params)
             # Three [W, H*D] products instead of one [W, 3*H*D]: faster at a few rows.
             q, k, v = (jnp.einsum("btw,whd->bthd", x,
                                   self.get_variable("params", name).astype(cfg.dtype))
                        + (0 if qkv_b is None else qkv_b[j])
                        for j, name in enumerate(QKV_PARTS))
         else:
-            qkv = jnp.einsum("btw,wshd->btshd", x, qkv_w.astype(cfg.dtype))
+            if self.has_variable("params", TRANSPOSED["qkv_kernel"]):  # with_decode_kernels
+                w_t = self.get_variable("params", TRANSPOSED["qkv_kernel"]).astype(cfg.dtype)
+                qkv = jnp.einsum("btw,nw->btn", x, w_t).reshape(x.shape[:2] + (3, H, D))
+            else:
+                qkv = jnp.einsum("btw,wshd->btshd", x, qkv_w.astype(cfg.dtype))
             if qkv_b is not None:
                 qkv = qkv + qkv_b
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, D]
@@ -461,11 +459,12 @@ class Transformer(nn.Module):
             raise ValueError("this Transformer has no LM head (output_head=False); "
                              "use features / decode_features")
         f32 = jnp.float32
-        copies = [name for name in HEAD_COPIES if self.has_variable("params", name)]
-        if copies and cfg.num_levels == 1:  # with_decode_kernels
-            spec = "btw,wv->btv" if copies[0] == HEAD_COPIES[0] else "btw,vw->btv"
-            logits = jnp.einsum(spec, x, self.get_variable("params", copies[0]).astype(cfg.dtype),
-                                preferred_element_type=f32)
+        if self.has_variable("params", HEAD_COPIES[0]):  # with_decode_kernels: [W, V]
+            logits = jnp.einsum("btw,wv->btv", x, self.get_variable(
+                "params", HEAD_COPIES[0]).astype(cfg.dtype), preferred_element_type=f32)
+        elif self.has_variable("params", HEAD_COPIES[1]):  # with_decode_kernels: [V, W]
+            logits = jnp.einsum("btw,vw->btv", x, self.get_variable(
+                "params", HEAD_COPIES[1]).astype(cfg.dtype), preferred_element_type=f32)
         elif cfg.tied:
             logits = jnp.einsum("btw,vw->btv", x, self.wte.astype(cfg.dtype),
                                 preferred_element_type=f32)

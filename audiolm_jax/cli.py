@@ -12,6 +12,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Each command imports the package modules it runs inside its function: usage and flag errors
+# answer before JAX is imported, and main() restarts the process (host_memory) before that.
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/...py).",
                                 lock_config=True)
@@ -98,13 +101,15 @@ def train_codec(config, workdir: str) -> dict:
     import jax
 
     from audiolm_jax.codec.data import eval_clips, make_train_iterator
-    from audiolm_jax.codec.inference import save_config
     from audiolm_jax.codec.task import CodecTask
-    from audiolm_jax.config_check import check_codec_config, check_resume_matches
+    from audiolm_jax.config_check import check_codec_config
+    from audiolm_jax.quantization import quantizer_settings
     from audiolm_jax.train.loop import train_loop
+    from audiolm_jax.workdir import check_resume_matches, save_config
 
     check_codec_config(config, jax.device_count())
-    check_resume_matches(workdir, config, ("model", "quantizer"))
+    check_resume_matches(workdir, config, ("model", "quantizer"),
+                         views={"quantizer": quantizer_settings})
     save_config(config, workdir)
     iterator = make_train_iterator(config)
     task = CodecTask(config, eval_audio=eval_clips(config))
@@ -121,7 +126,7 @@ def train_codec(config, workdir: str) -> dict:
 
 def _model_dir(path: str | None, expected: str, flag: str = "workdir") -> str:
     """A trained model's folder: it must exist and hold the expected kind of model."""
-    from audiolm_jax.config_check import check_workdir_holds
+    from audiolm_jax.workdir import check_workdir_holds
 
     return check_workdir_holds(_require(path, flag), expected, f"--{flag}")
 
@@ -176,8 +181,9 @@ def cmd_tokenize(argv):
 def cmd_train_lm(argv):
     import jax
 
-    from audiolm_jax.config_check import check_lm_config, check_resume_matches
+    from audiolm_jax.config_check import check_lm_config
     from audiolm_jax.lm.run import train_lm
+    from audiolm_jax.workdir import check_resume_matches
 
     _positional(argv, [])
     if FLAGS.config is None:
@@ -259,16 +265,36 @@ def cmd_encode(argv):
     print(json.dumps({"out": dst, "shape": list(codes.shape), "frame_rate_hz": codec.frame_rate}))
 
 
-def cmd_decode(argv):
+def _load_codes(path: str):
+    """The codes of ``encode``'s output file: a .npy array of numbers, [levels, frames]; never
+    unpickled (a .npy may hold pickled objects, i.e. code to run)."""
     import numpy as np
 
+    def bad(why: str) -> UsageError:
+        return UsageError(f"{path} is not a code array (.npy of integers): {' '.join(why.split())}")
+
+    with open(_require_file(path), "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise bad("not a .npy file")
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except ValueError as e:  # object (pickled) data, a damaged header
+        raise bad(str(e)) from None
+    except (OSError, EOFError) as e:  # truncated
+        raise bad(f"{type(e).__name__}: {e}") from None
+    if codes.dtype.kind not in "biuf":
+        raise bad(f"its dtype is {codes.dtype}")
+    return codes
+
+
+def cmd_decode(argv):
     from audiolm_jax.codec.inference import load_codec
     from audiolm_jax.data.audio_io import save_wav
 
     src, dst = _positional(argv, ["IN.npy", "OUT.wav"])
-    _require_file(src)
+    codes = _load_codes(src)
     codec = load_codec(_model_dir(FLAGS.workdir, "codec"))
-    audio = codec.decode(np.load(src))
+    audio = codec.decode(codes)
     save_wav(dst, audio, codec.sample_rate)
     print(json.dumps({"out": dst, "seconds": len(audio) / codec.sample_rate}))
 
@@ -378,10 +404,11 @@ def cmd_import_mimi(argv):
 
 def cmd_export(argv):
     from audiolm_jax.export import export
+    from audiolm_jax.tasks import TASKS
 
     _positional(argv, [])
     print(json.dumps(export(_require(FLAGS.workdir, "workdir"), _require(FLAGS.out, "out"),
-                            fmt=FLAGS.format)))
+                            fmt=FLAGS.format, tasks=TASKS)))
 
 
 COMMANDS = {
@@ -404,9 +431,8 @@ COMMANDS = {
 
 
 def _main(command, argv):
-    from audiolm_jax.config_check import ConfigError
     from audiolm_jax.data.audio_io import AudioDecodeError
-
+    from audiolm_jax.errors import ConfigError
     from audiolm_jax.train.distributed import maybe_initialize
     from audiolm_jax.train.loop import EXIT_PREEMPTED, Preempted
 
@@ -456,10 +482,10 @@ def _parse_flags_or_exit(command: str, argv: list[str]) -> list[str]:
 
 def main():
     """The ``audiolm-jax`` program: restarts once under glibc's huge-page malloc tunable where
-    that helps (XLA:CPU's per-step temporaries, audiolm_jax/host_memory.py), then ``run()``.
+    that helps (XLA:CPU's per-step temporaries, audiolm_jax/runtime/host_memory.py), then ``run()``.
     Only the program's own entry point may re-execute the interpreter: code that calls
     ``run()`` in a running process (tests, notebooks) keeps its process."""
-    from audiolm_jax.host_memory import maybe_reexec
+    from audiolm_jax.runtime.host_memory import maybe_reexec
 
     maybe_reexec()
     run()

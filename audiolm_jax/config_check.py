@@ -1,13 +1,20 @@
-"""Validation of experiment configs before anything compiles: errors name the offending key."""
+"""Validation of experiment configs before anything compiles: errors name the offending key.
+
+(Whether a workdir holds the expected model, and a resumed run the same shapes, is checked in
+:mod:`audiolm_jax.workdir`.)
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Iterable
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the key's dotted name."""
+from audiolm_jax.codec.model import hop_length
+from audiolm_jax.codec.teachers import make_teacher
+from audiolm_jax.errors import ConfigError
+from audiolm_jax.lm.patterns import PATTERN_NAMES
+from audiolm_jax.quantization import quantizer_config
+from audiolm_jax.train.mesh import resolve_mesh_shape
 
 
 def _get(config: Any, dotted: str) -> Any:
@@ -60,38 +67,32 @@ def check_mesh(config: Any, num_devices: int | None = None) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1:
             raise ConfigError(f"config key '{k}' must be a positive integer or -1, got {v!r}")
     if num_devices is not None:
-        from audiolm_jax.train.mesh import resolve_mesh_shape
-
         try:
             resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, num_devices)
         except ValueError as e:
             raise ConfigError(f"config key 'mesh': {e}") from None
 
 
+def check_quantizer(config: Any) -> None:
+    """The ``quantizer`` section, as its kind's typed config validates it (quantization/)."""
+    try:
+        quantizer_config(_get(config, "quantizer"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_codec_config(config: Any, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad key of a codec config."""
     for key in ("train.num_steps", "train.batch_size", "train.checkpoint_every",
-                "quantizer.num_levels", "quantizer.codebook_size", "data.sample_rate",
-                "data.crop_length"):
+                "data.sample_rate", "data.crop_length"):
         _positive_int(config, key)
     _positive_int(config, "train.seed", allow_zero=True)
     _choice(config, "model.kind", {"cnn", "seanet", "mimi"})
-    _choice(config, "quantizer.kind", {"rvq", "split_rvq"})
-    _choice(config, "quantizer.dead_code_mode", {"absolute", "relative"})
-    _choice(config, "quantizer.dropout_mode", {"batch", "sample"})
-    _number(config, "quantizer.decay", 0.0, 1.0)
-    _number(config, "quantizer.no_quant_rate", 0.0, 1.0)
+    check_quantizer(config)
     _number(config, "optim.learning_rate", 0.0, lo_open=True)
     for key in ("loss.spectral_weight", "loss.mel_weight", "loss.l1_weight", "loss.mse_weight",
                 "loss.commit_weight"):
         _number(config, key, 0.0)
-    if config.quantizer.kind == "split_rvq":
-        _positive_int(config, "quantizer.num_semantic_levels")
-        if config.quantizer.num_semantic_levels >= config.quantizer.num_levels:
-            raise ConfigError("config key 'quantizer.num_semantic_levels' must be smaller than "
-                              "'quantizer.num_levels'")
-    from audiolm_jax.codec.model import hop_length
-
     if config.data.crop_length < hop_length(config):
         raise ConfigError(f"config key 'data.crop_length' ({config.data.crop_length}) is shorter "
                           f"than one codec frame ({hop_length(config)} samples)")
@@ -100,8 +101,6 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
         check_distill(config)
     check_mesh(config, num_devices)
     if num_devices is not None:
-        from audiolm_jax.train.mesh import resolve_mesh_shape
-
         d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                                      num_devices)
         if config.train.batch_size % (d * f):
@@ -122,8 +121,6 @@ def check_distill(config: Any) -> None:
     if config.quantizer.kind != "split_rvq":
         raise ConfigError("config key 'distill.enabled': distillation trains the semantic level, "
                           "which needs quantizer.kind='split_rvq'")
-    from audiolm_jax.codec.teachers import make_teacher
-
     if config.distill.teacher == "function":
         try:
             make_teacher(config.distill)
@@ -146,8 +143,6 @@ def check_distill(config: Any) -> None:
 
 def check_lm_config(config: Any, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad key of a language-model config."""
-    from audiolm_jax.lm.patterns import PATTERN_NAMES
-
     for key in ("model.num_layers", "model.num_heads", "model.width", "model.context",
                 "model.mlp_ratio", "train.num_steps", "train.batch_size",
                 "train.checkpoint_every", "tokens.codebook_size", "tokens.num_streams"):
@@ -171,71 +166,8 @@ def check_lm_config(config: Any, num_devices: int | None = None) -> None:
         raise ConfigError(f"config key 'data.tokens': token directory {tokens!r} does not exist")
     check_mesh(config, num_devices)
     if num_devices is not None:
-        from audiolm_jax.train.mesh import resolve_mesh_shape
-
         d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                                      num_devices)
         if config.train.batch_size % (d * f):
             raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
                               f"divisible by mesh data*fsdp = {d * f}")
-
-
-# ----------------------------------------------------------------------------- workdirs
-_MODEL_NAMES = {"codec": "a codec", "lm": "a language model", "vqvae": "a VQ-VAE"}
-
-
-def _saved_config(workdir: str) -> dict | None:
-    import json
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"workdir {workdir!r}: cannot read {path} ({e})") from None
-
-
-def _check_task(workdir: str, saved: dict, expected: str, flag: str) -> None:
-    task = saved.get("task")
-    if task is not None and task != expected:
-        raise ConfigError(
-            f"{flag} {workdir!r} holds {_MODEL_NAMES.get(task, repr(task))}, not "
-            f"{_MODEL_NAMES.get(expected, repr(expected))}; give the {expected} workdir")
-
-
-def check_workdir_holds(workdir: str, expected: str, flag: str = "--workdir") -> str:
-    """For commands that load a trained model: the folder exists and, if it has a
-    config.json, that config is of the ``expected`` task ('codec', 'lm'). Returns ``workdir``.
-    Remote paths (``gs://...``) are left to the loader."""
-    if "://" in workdir:
-        return workdir
-    if not os.path.isdir(workdir):
-        raise ConfigError(f"{flag} {workdir!r} does not exist")
-    saved = _saved_config(workdir)
-    if saved is not None:
-        _check_task(workdir, saved, expected, flag)
-    return workdir
-
-
-def check_resume_matches(workdir: str, config: Any, sections: Iterable[str]) -> None:
-    """For training: a workdir that already holds a run must hold the same task, and the
-    same values in ``sections`` (the keys that fix parameter shapes), else ConfigError
-    naming the keys that differ."""
-    import json
-
-    saved = _saved_config(workdir)
-    if saved is None:
-        return
-    _check_task(workdir, saved, str(config.get("task", "")), "--workdir")
-    changed = []
-    for section in sections:
-        old, new = saved.get(section) or {}, config.get(section) or {}
-        for key in sorted(set(old) | set(new)):
-            if json.dumps(old.get(key), default=list) != json.dumps(new.get(key), default=list):
-                changed.append(f"{section}.{key}")
-    if changed:
-        what = _MODEL_NAMES.get(config.get("task"), "a model")
-        raise ConfigError(f"workdir {workdir!r} holds {what} with different "
-                          f"{', '.join(changed)}; use a new --workdir")

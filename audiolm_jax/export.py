@@ -2,71 +2,64 @@
 
 ``export(workdir, out)`` writes an *export directory*::
 
-    EXPORT/export.json      {"kind": "codec" | "lm", "format": "orbax" | "safetensors",
-                             "step": N, "source": the training workdir}
+    EXPORT/export.json      {"kind": "codec" | "lm" | ..., "format": "orbax" | "safetensors",
+                             "step": N, "source": the training workdir, + the task's entries}
     EXPORT/config.json      the training config, unchanged
     EXPORT/weights/         orbax (format orbax), or
     EXPORT/weights.safetensors   flat "params/encoder/.../kernel" keys (format safetensors)
-    EXPORT/tokens.json      LM only: its token metadata; a codec-token LM's codec is exported
-    EXPORT/codec/           beside it, and tokens.json points there (relative path "codec")
+    EXPORT/...              what the task adds (``Task.export_files``). The LM: tokens.json,
+                            and a codec-token LM's codec exported into codec/, tokens.json
+                            pointing there (relative path "codec")
 
-A codec keeps ``params`` and ``vq_stats`` (the codebooks live in the EMA statistics); an LM keeps
-``params``. Optimizer state, the discriminator and the balancer are left behind.
+What is kept of the train state is the task's choice (``Task.inference_state``): a codec keeps
+``params`` and ``vq_stats`` (the codebooks live in the EMA statistics), an LM ``params``;
+optimizer state, the discriminator and the balancer are left behind. This module knows no kind
+of model: the caller passes the tasks by name (``audiolm_jax.tasks.TASKS``).
 :func:`load_inference_weights` is the one loader every inference command uses, so a command that
 takes a workdir takes an export directory too.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 from etils import epath
 
-from audiolm_jax.train.checkpoint import absolute
+from audiolm_jax import workdir as workdir_lib
+from audiolm_jax.train.checkpoint import absolute, leaf_name, upgrade_flat
+from audiolm_jax.train.loop import restore_for_inference, strip_boxes
+from audiolm_jax.train.task import Task
+from audiolm_jax.workdir import EXPORT_FILE, is_export
 
-EXPORT_FILE = "export.json"
 FORMATS = ("orbax", "safetensors")
-# What inference needs from each kind of train state.
-INFERENCE_KEYS = {"codec": ("params", "vq_stats"), "lm": ("params",)}
-
-
-def is_export(path: str) -> bool:
-    return (epath.Path(path) / EXPORT_FILE).exists()
-
-
-def _read_json(path: epath.Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _kind(workdir: str) -> str:
-    from audiolm_jax.codec.inference import load_config
-
-    task = load_config(workdir).get("task")
-    if task in INFERENCE_KEYS:
-        return task
-    return "lm" if (epath.Path(workdir) / "tokens.json").exists() else "codec"
 
 
 # ----------------------------------------------------------------------------- loading
-def load_inference_weights(path: str, task: Any, kind: str, step: int | None = None,
+def load_inference_weights(path: str, task: Task, step: int | None = None,
                            what: str = "model") -> tuple[dict, int]:
-    """({'params': ..., ['vq_stats': ...]}, step) from a training workdir or an export dir."""
+    """(``task.inference_state`` of the checkpoint, e.g. {'params': ..., 'vq_stats': ...},
+    step) from a training workdir or an export directory."""
+    kind = task.name
     if is_export(path):
-        info = _read_json(epath.Path(path) / EXPORT_FILE)
+        info = workdir_lib.read_export_info(path)
         if info.get("kind") != kind:
             raise ValueError(f"{path!r} is an export of a {info.get('kind')}, not of a {kind}")
         if step is not None and step != info["step"]:
             raise ValueError(f"{path!r} holds step {info['step']} only, not step {step}")
-        return _read_weights(epath.Path(path), info["format"]), int(info["step"])
-    from audiolm_jax.train.loop import restore_for_inference
-
+        weights = _read_weights(epath.Path(path), info["format"])
+        flat = {leaf_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(weights)}
+        upgraded = upgrade_flat(flat, lambda arrays: np.stack(arrays, axis=1))
+        if upgraded is not flat:  # an export with older parameter names
+            shapes = task.inference_state(
+                strip_boxes(jax.eval_shape(task.init_state, jax.random.PRNGKey(0))))
+            weights = jax.tree_util.tree_map_with_path(
+                lambda p, t: jax.numpy.asarray(upgraded[leaf_name(p)]).reshape(t.shape), shapes)
+        return weights, int(info["step"])
     state, step = restore_for_inference(task, path, step, what=what)
-    return {k: getattr(state, k) for k in INFERENCE_KEYS[kind]}, step
+    return task.inference_state(state), step
 
 
 def _read_weights(folder: epath.Path, fmt: str) -> dict:
@@ -124,13 +117,13 @@ def _write_weights(out: epath.Path, weights: dict, fmt: str) -> None:
     checkpointer.wait_until_finished()
 
 
-def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) -> dict:
-    """Writes the inference export of ``workdir``'s latest (or given) checkpoint to ``out``."""
-    from audiolm_jax.codec.inference import load_config, save_config
-
+def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None, *,
+           tasks: Mapping[str, Callable[[Any], Task]]) -> dict:
+    """Writes the inference export of ``workdir``'s latest (or given) checkpoint to ``out``.
+    ``tasks``: the task of each kind of model by name (``audiolm_jax.tasks.TASKS``)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
-    if not (epath.Path(workdir) / "config.json").exists():
+    if not (epath.Path(workdir) / workdir_lib.CONFIG_FILE).exists():
         raise FileNotFoundError(f"--workdir {workdir!r} is not a training workdir "
                                 "(no config.json)")
     if is_export(workdir):
@@ -138,61 +131,21 @@ def export(workdir: str, out: str, fmt: str = "orbax", step: int | None = None) 
     out_path = absolute(out)
     if out_path.exists() and any(out_path.iterdir()):
         raise ValueError(f"--out {out!r} exists and is not empty; choose a new folder")
-    kind = _kind(workdir)
-    config = load_config(workdir)
-    if kind == "codec":
-        from audiolm_jax.codec.task import CodecTask
-
-        task = CodecTask(config)
-    else:
-        from audiolm_jax.lm.task import LMTask
-
-        task = LMTask(config)
-    weights, step = load_inference_weights(workdir, task, kind, step, what=kind)
+    kind = workdir_lib.model_kind(workdir)
+    if kind not in tasks:
+        raise ValueError(f"--workdir {workdir!r} holds {workdir_lib.KINDS[kind]}, which has no "
+                         "export")
+    config = workdir_lib.load_config(workdir)
+    task = tasks[kind](config)
+    weights, step = load_inference_weights(workdir, task, step, what=kind)
     out_path.mkdir(parents=True, exist_ok=True)
     _write_weights(out_path, weights, fmt)
-    save_config(config, os.fspath(out_path))
+    workdir_lib.save_config(config, os.fspath(out_path))
     summary = {"kind": kind, "format": fmt, "step": int(step),
                "source": os.fspath(absolute(workdir))}
-    if kind == "lm":
-        summary["codec"] = _export_lm_tokens(workdir, out_path, fmt)
-    (out_path / EXPORT_FILE).write_text(json.dumps(summary, indent=2))
+    summary.update(task.export_files(
+        workdir, os.fspath(out_path),
+        lambda source, dest, at: export(source, dest, fmt, at, tasks=tasks)))
+    workdir_lib.write_export_info(os.fspath(out_path), summary)
     n = sum(int(np.size(x)) for x in jax.tree.leaves(weights))
     return {"out": os.fspath(out_path), **summary, "num_weights": n}
-
-
-def _export_lm_tokens(workdir: str, out_path: epath.Path, fmt: str) -> str | None:
-    """Copies tokens.json; a codec-token LM gets its codec exported into ``codec/``."""
-    tokens = _read_json(epath.Path(workdir) / "tokens.json")
-    codec = tokens.get("codec")
-    if codec and codec.get("workdir"):
-        source = resolve_codec_path(workdir, codec["workdir"])
-        if is_export(source):
-            shutil.copytree(source, os.fspath(out_path / "codec"))
-        else:
-            export(source, os.fspath(out_path / "codec"), fmt, step=_codec_step(source, codec))
-        codec["workdir"] = "codec"  # relative: resolved against the LM export's folder
-    (out_path / "tokens.json").write_text(json.dumps(tokens, indent=2))
-    return "codec" if codec else None
-
-
-def _codec_step(codec_dir: str, codec: dict) -> int | None:
-    """The codec checkpoint the tokens were made with, if it is still kept; else the latest
-    (what ``generate`` uses for a workdir)."""
-    from absl import logging
-
-    from audiolm_jax.train.checkpoint import Checkpointer
-
-    step = codec.get("checkpoint_step")
-    kept = Checkpointer(os.path.join(codec_dir, "checkpoints"), async_save=False).all_steps()
-    if step is not None and step not in kept:
-        logging.warning("codec step %s (used for the tokens) is no longer kept in %s; exporting "
-                        "its latest step", step, codec_dir)
-        return None
-    return step
-
-
-def resolve_codec_path(lm_dir: str, codec_dir: str) -> str:
-    """An LM's recorded codec folder; a relative one lies inside the LM's own folder."""
-    return codec_dir if os.path.isabs(codec_dir) or "://" in codec_dir else os.path.join(
-        os.fspath(lm_dir), codec_dir)

@@ -38,9 +38,9 @@ def main(argv=None):
     import jax.numpy as jnp
 
     from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_depth_lm_config
-    from audiolm_jax.lm.transformer import TransformerConfig
+    from audiolm_jax.lm.transformer import LMConfig
 
-    temporal = TransformerConfig(vocab_size=args.vocab, num_layers=1, num_heads=8,
+    temporal = LMConfig(vocab_size=args.vocab, num_layers=1, num_heads=8,
                                  width=args.width, context=16, num_levels=args.levels)
     cfg = make_depth_lm_config(temporal, num_layers=args.depth_layers,
                                num_heads=args.depth_heads, width=args.depth_width,

@@ -13,8 +13,8 @@ the sides taking turns. tokens/s = batch * seq / median step time (the mean is r
 ``ratio_per_round`` holds each round's ratio of median step times.
 
 Like the ``audiolm-jax`` command, the script restarts itself under glibc's huge-page malloc
-tunable (``audiolm_jax/host_memory.py``; ``"glibc_tunables"`` in the output records it). It is
-process-wide, so the peer runs under it too; ``--no_hugepages`` runs without it.
+tunable (``audiolm_jax/runtime/host_memory.py``; ``"glibc_tunables"`` in the output records
+it). It is process-wide, so the peer runs under it too; ``--no_hugepages`` runs without it.
 
 Prints one JSON object. If torch is not installed, ``"torch": null``.
 """
@@ -63,8 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--no_hugepages", action="store_true",
                    help="do not restart under glibc's huge-page malloc tunable, which the "
-                        "audiolm-jax command uses (audiolm_jax/host_memory.py); it applies to "
-                        "the whole process, so to both sides")
+                        "audiolm-jax command uses (audiolm_jax/runtime/host_memory.py); it "
+                        "applies to the whole process, so to both sides")
     p.add_argument("--attention_block", type=int, default=128,
                    help="our causal attention's query block (0: one full T x T block)")
     return p.parse_args(argv)
@@ -81,11 +81,11 @@ def prepare_ours(args):
     import optax
     import flax.linen as nn
 
-    from audiolm_jax.lm.transformer import (Transformer, TransformerConfig, flops_per_token,
+    from audiolm_jax.lm.transformer import (Transformer, LMConfig, flops_per_token,
                                             init_params, num_params)
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    cfg = TransformerConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
+    cfg = LMConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
                             width=args.width, context=args.seq, dtype=dtype,
                             attention_block=args.attention_block)
     model = Transformer(cfg)
@@ -104,10 +104,10 @@ def prepare_ours(args):
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss
 
-    from audiolm_jax.xla_options import lm_cpu_options
+    from audiolm_jax.runtime.xla_options import compiler_options
 
     # The compiler options the library's LM train step uses (CPU matmul kernels).
-    options = lm_cpu_options("train")
+    options = compiler_options("lm_train")
     train_step = jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
     # seq + 1 tokens per row: seq inputs, seq targets.
     tokens = jax.device_put(jnp.asarray(np.random.default_rng(0).integers(
@@ -272,7 +272,7 @@ def main(argv=None):
     if not args.no_hugepages:
         # As the audiolm-jax command runs: restarts this process under the tunable (same
         # arguments) unless it is already set, opted out of, or useless on this host.
-        from audiolm_jax.host_memory import maybe_reexec
+        from audiolm_jax.runtime.host_memory import maybe_reexec
 
         maybe_reexec()
     if args.platform is not None:

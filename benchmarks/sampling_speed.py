@@ -53,10 +53,10 @@ def ours_calls(args, batches):
     import numpy as np
 
     from audiolm_jax.lm.sampling import generate
-    from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
-    from audiolm_jax.xla_options import lm_cpu_options
+    from audiolm_jax.lm.transformer import Transformer, LMConfig, init_params
+    from audiolm_jax.runtime.xla_options import compiler_options
 
-    cfg = TransformerConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
+    cfg = LMConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
                             width=args.width, context=args.prompt + args.new)
     model = Transformer(cfg)
     params = nn.meta.unbox(jax.jit(lambda k: init_params(model, k))(jax.random.PRNGKey(0)))
@@ -74,8 +74,8 @@ def ours_calls(args, batches):
 
         calls[b] = call
     dev = jax.devices()[0]
-    # what generate() compiles with (CPU matmul kernels, audiolm_jax/xla_options.py)
-    return calls, f"{dev.platform}: {dev.device_kind}", lm_cpu_options("sample")
+    # what generate() compiles with (CPU matmul kernels, audiolm_jax/runtime/xla_options.py)
+    return calls, f"{dev.platform}: {dev.device_kind}", compiler_options("lm_sample")
 
 
 def torch_calls(args, batches):

@@ -17,7 +17,7 @@ from audiolm_jax.lm.depth import (
     DepthTransformerLM, depth_num_params, init_depth_params, make_depth_lm_config)
 from audiolm_jax.lm.depth_sampling import generate_depth
 from audiolm_jax.lm.task import LMState, LMTask
-from audiolm_jax.lm.transformer import TransformerConfig, count_params
+from audiolm_jax.lm.transformer import LMConfig, count_params
 from audiolm_jax.train import mesh as mesh_lib
 from audiolm_jax.train.loop import abstract_state, compile_step, train_loop
 from test_lm_task import numpy_cross_entropy, tiny_config
@@ -57,7 +57,7 @@ def random_params(init_fn, std=0.1, seed=0):
 
 
 def small_model(levels=3, std=0.1, **kw):
-    temporal = TransformerConfig(vocab_size=32, num_layers=1, num_heads=4, width=32, context=12,
+    temporal = LMConfig(vocab_size=32, num_layers=1, num_heads=4, width=32, context=12,
                                  num_levels=levels, **kw)
     cfg = make_depth_lm_config(temporal, num_layers=2, num_heads=2, width=16,
                                codebook_size=CODEBOOK)
@@ -304,8 +304,7 @@ def test_generate_depth_forcing_determinism_and_greedy_reference():
 
 
 def test_generate_depth_batch_one_greedy_reference():
-    """Batch 1 decodes with the other kernel layout (sampling.decode_layout): still the
-    naive loop's greedy frames."""
+    """Batch 1: still the naive loop's greedy frames."""
     model, params = small_model(levels=4, std=0.3)
     prompt = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (1, 4, 3), 0, CODEBOOK))
     no_forcing = np.zeros((1, 4, 8), bool)

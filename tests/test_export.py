@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 
 from audiolm_jax.codec.config import tiny_cnn_config
-from audiolm_jax.codec.inference import load_codec, save_config
-from audiolm_jax.export import export, is_export
+from audiolm_jax.codec.inference import load_codec
+from audiolm_jax.export import export as export_with
+from audiolm_jax.export import is_export
 from audiolm_jax.lm.config import tiny_lm_config
+from audiolm_jax.tasks import TASKS
 from audiolm_jax.train.checkpoint import Checkpointer
 from audiolm_jax.train.loop import strip_boxes
+from audiolm_jax.workdir import save_config
+
+
+def export(workdir, out, fmt="orbax", step=None):
+    """The export as the command runs it: every kind of model known by name."""
+    return export_with(workdir, out, fmt, step, tasks=TASKS)
 
 
 def _random_checkpoint(task, workdir, step, seed):
@@ -127,3 +135,6 @@ def test_export_refuses_bad_requests(workdirs):
     open(root / "busy" / "f", "w").close()
     with pytest.raises(ValueError, match="not empty"):
         export(codec_dir, str(root / "busy"))
+    # the export knows the kinds of model only from the tasks it is given
+    with pytest.raises(ValueError, match="holds a codec, which has no export"):
+        export_with(codec_dir, str(root / "z"), tasks={"lm": TASKS["lm"]})

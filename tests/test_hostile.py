@@ -338,8 +338,8 @@ def workdirs(tmp_path_factory):
     """A codec workdir and an LM workdir holding only their config.json (all a bad-input
     check may read), an empty token folder and a real input WAV."""
     from audiolm_jax.codec.config import tiny_cnn_config
-    from audiolm_jax.codec.inference import save_config
     from audiolm_jax.lm.config import tiny_lm_config
+    from audiolm_jax.workdir import save_config
 
     root = tmp_path_factory.mktemp("workdirs")
     codec, lm, tokens = str(root / "codec"), str(root / "lm"), str(root / "tokens")
@@ -348,7 +348,12 @@ def workdirs(tmp_path_factory):
     os.makedirs(tokens)
     wav = str(root / "in.wav")
     sf.write(wav, _sine(440, SR), SR)
-    return {"codec": codec, "lm": lm, "tokens": tokens, "wav": wav, "root": str(root)}
+    garbage, pickled = str(root / "garbage.npy"), str(root / "pickled.npy")
+    with open(garbage, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(300))
+    np.save(pickled, np.array([{"codes": [1, 2]}, None], dtype=object), allow_pickle=True)
+    return {"codec": codec, "lm": lm, "tokens": tokens, "wav": wav, "root": str(root),
+            "garbage": garbage, "pickled": pickled}
 
 
 BAD_INPUTS = {
@@ -365,6 +370,11 @@ BAD_INPUTS = {
                          "/no/such/config.py"),
     "missing data.tokens": (["train-lm", f"--config={TINY_LM}", "--workdir={root}/w",
                              "--config.data.tokens=/no/such/tokens"], "/no/such/tokens"),
+    # an input that is not what the command reads
+    "decode: random bytes": (["decode", "--workdir={codec}", "{garbage}", "{root}/o.wav"],
+                             "{garbage} is not a code array (.npy of integers)"),
+    "decode: pickled objects": (["decode", "--workdir={codec}", "{pickled}", "{root}/o.wav"],
+                                "{pickled} is not a code array (.npy of integers)"),
     # unknown key, wrong type, out of range
     "unknown key": (["train-codec", f"--config={TINY_CODEC}", "--workdir={root}/w",
                      "--config.train.num_stepz=3"], "num_stepz"),
@@ -409,6 +419,22 @@ def test_cli_bad_input_is_one_line_before_any_compilation(case, workdirs, capsys
     assert code not in (0, None), err
     assert len(lines) == 1 and lines[0].startswith("audiolm-jax ") and needle in lines[0], err
     assert compiles == [], (case, sorted(set(compiles)))
+
+
+def test_decode_never_unpickles_its_input(workdirs, capsys, tmp_path):
+    """A .npy of pickled objects can run code when loaded: decode refuses it unread."""
+    marker = tmp_path / "unpickled"
+
+    class Touch:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = str(tmp_path / "evil.npy")
+    np.save(evil, np.array([Touch()], dtype=object), allow_pickle=True)
+    code, err, _ = run_cli_in_process(capsys, "decode", f"--workdir={workdirs['codec']}", evil,
+                                      str(tmp_path / "o.wav"))
+    assert code == 2 and f"{evil} is not a code array" in err, err
+    assert not marker.exists()
 
 
 def test_cli_bad_input_in_a_real_process(workdirs):

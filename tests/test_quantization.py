@@ -532,3 +532,27 @@ def test_sharded_train_step_matches_unsharded():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         else:
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Variable tree names (the level factory must not rename anything checkpoints hold)
+# ---------------------------------------------------------------------------
+
+
+def test_variable_tree_names_are_stable():
+    from flax import traverse_util
+
+    def names(model):
+        v = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, jnp.zeros((1, 3, 8))))
+        return sorted("/".join(k) for k in traverse_util.flatten_dict(v))
+
+    stats = ("cluster_size", "codebook", "embed_sum", "initialized", "step")
+    rvq = ResidualVQ(num_levels=2, codebook_size=K, dim=8, codebook_dim=4)
+    assert names(rvq) == sorted(
+        ["params/in_proj/kernel", "params/out_proj/kernel"]
+        + [f"vq_stats/levels_{l}/{s}" for l in range(2) for s in stats])
+    split = SplitResidualVQ(num_semantic_levels=1, num_acoustic_levels=2, codebook_size=K, dim=8)
+    assert names(split) == sorted(
+        [f"params/{b}/{p}/kernel" for b in ("semantic", "acoustic") for p in ("in_proj", "out_proj")]
+        + [f"vq_stats/semantic/levels_0/{s}" for s in stats]
+        + [f"vq_stats/acoustic/levels_{l}/{s}" for l in range(2) for s in stats])

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from audiolm_jax.lm.transformer import (
-    Transformer, TransformerConfig, count_params, dummy_tokens, flops_per_token, init_cache,
+    Transformer, LMConfig, count_params, dummy_tokens, flops_per_token, init_cache,
     init_params, num_params)
 from audiolm_jax.train import mesh as mesh_lib
 
@@ -19,7 +19,7 @@ TINY = dict(vocab_size=64, num_layers=2, num_heads=4, width=32, context=16)
 
 
 def _setup(seed=0, **kw):
-    cfg = TransformerConfig(**{**TINY, **kw})
+    cfg = LMConfig(**{**TINY, **kw})
     model = Transformer(cfg)
     params = nn.meta.unbox(init_params(model, jax.random.PRNGKey(seed)))
     return cfg, model, params
@@ -85,7 +85,7 @@ def test_kv_cache_matches_full_forward(kw):
 def test_param_count_of_article_config():
     counts = {}
     for bias in (True, False):
-        cfg = TransformerConfig(vocab_size=256, num_layers=12, num_heads=16, width=1024,
+        cfg = LMConfig(vocab_size=256, num_layers=12, num_heads=16, width=1024,
                                 context=2048, positions="learned", tie_embeddings=True, bias=bias)
         abstract = jax.eval_shape(functools.partial(init_params, Transformer(cfg)),
                                   jax.random.PRNGKey(0))
@@ -99,7 +99,7 @@ def test_param_count_of_article_config():
     # 151.28M is nanoGPT's printout with bias=False (its default excludes wpe).
     assert abs(counts[False][1] / 1e6 - 151.28) < 0.01
     assert counts[False][0] == 153_379_840 and counts[True] == (153_516_032, 151_418_880)
-    cfg = TransformerConfig(vocab_size=256, num_layers=12, num_heads=16, width=1024,
+    cfg = LMConfig(vocab_size=256, num_layers=12, num_heads=16, width=1024,
                             context=2048, bias=False)
     assert flops_per_token(cfg, 2048) == 6 * counts[False][1] + 12 * 12 * 2048 * 1024
 
@@ -174,7 +174,7 @@ def test_sharded_train_step_matches_single_device(shape):
 
 def test_bf16_compute_close_to_float32():
     cfg, model, params = _setup()
-    model16 = Transformer(TransformerConfig(**{**TINY, "dtype": jnp.bfloat16}))
+    model16 = Transformer(LMConfig(**{**TINY, "dtype": jnp.bfloat16}))
     tokens = _tokens(cfg, 2, 16)
     ref = jax.jit(model.apply)({"params": params}, tokens)
     got = jax.jit(model16.apply)({"params": params}, tokens)
@@ -185,7 +185,7 @@ def test_bf16_compute_close_to_float32():
 
 def test_remat_matches_and_dropout_runs():
     cfg, model, params = _setup(dropout=0.1)
-    remat = Transformer(TransformerConfig(**{**TINY, "dropout": 0.1, "remat": True}))
+    remat = Transformer(LMConfig(**{**TINY, "dropout": 0.1, "remat": True}))
     tokens = _tokens(cfg, 2, 9)
     rngs = {"dropout": jax.random.PRNGKey(3)}
 
@@ -211,7 +211,7 @@ def test_blocked_causal_attention_equals_one_block(positions):
     """Query-blocked attention (training path) gives the full T x T result and gradients."""
     import dataclasses
 
-    cfg = TransformerConfig(vocab_size=64, num_layers=2, num_heads=2, width=32, context=64,
+    cfg = LMConfig(vocab_size=64, num_layers=2, num_heads=2, width=32, context=64,
                             attention_block=16, positions=positions)
     blocked, full = Transformer(cfg), Transformer(dataclasses.replace(cfg, attention_block=0))
     params = nn.meta.unbox(init_params(blocked, jax.random.PRNGKey(0)))

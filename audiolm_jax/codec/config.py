@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from audiolm_jax.quantization import quantizer_section
+
 
 def base_codec_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -21,11 +23,9 @@ def base_codec_config() -> ml_collections.ConfigDict:
         n_filters=32, ratios=(8, 5, 4, 2), dimension=128, n_residual_layers=1,
         dilation_base=2, kernel_size=7, residual_kernel_size=3, last_kernel_size=7,
         compress=2, causal=True, true_skip=True, weight_norm=True))
-    c.quantizer = ml_collections.ConfigDict(dict(
-        kind="rvq", num_levels=8, num_semantic_levels=0, codebook_size=1024, codebook_dim=0,
-        decay=0.99, epsilon=1e-5, kmeans_iters=50, dead_code_threshold=2.0,
-        dead_code_mode="absolute", dead_code_interval=1, dropout=False, dropout_mode="batch",
-        no_quant_rate=0.0))
+    # Every quantizer kind's settings at their defaults (quantization/: one dataclass per
+    # kind), so any of them is one override away: --config.quantizer.kind=fsq.
+    c.quantizer = ml_collections.ConfigDict(quantizer_section("rvq"))
     c.loss = ml_collections.ConfigDict(dict(
         spectral_weight=1.0, spectral_log=False, mel_weight=0.0, l1_weight=0.0,
         mse_weight=1.0, commit_weight=0.02, balancer=False, balancer_decay=0.999))

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+from absl import logging
 
+from audiolm_jax.codec import losses, metrics
+from audiolm_jax.codec.mimi.streaming import MimiStreamer
 from audiolm_jax.codec.model import bitrate_bps, build_codec, frame_rate, hop_length
-
-CONFIG_FILE = "config.json"
-
-
-def save_config(config: Any, workdir: str) -> str:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    # Written aside and renamed: every process of a multi-process run writes it, and may read
-    # it (the resume check) while another writes, so a reader must never see a partial file.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir!r} is not a codec workdir: {path} is missing")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+from audiolm_jax.codec.weights import load_codec_weights
+from audiolm_jax.data.audio_io import AudioDecodeError, load_audio
+from audiolm_jax.quantization import STATS, quantizer_config
 
 
 class LoadedCodec:
@@ -60,11 +41,11 @@ class LoadedCodec:
         self.sample_rate = int(config.data.sample_rate)
         self.hop_length = hop_length(config)
         self.num_levels = int(config.quantizer.num_levels)
-        self.codebook_size = int(config.quantizer.codebook_size)
+        self.codebook_size = int(quantizer_config(config.quantizer).codebook_size)
         self.frame_rate = frame_rate(config)
         # Weights are arguments, not constants baked into the program: XLA would otherwise
         # constant-fold them (minutes for Mimi's 80M parameters).
-        self.variables = {"params": params, "vq_stats": vq_stats}
+        self.variables = {"params": params, STATS: vq_stats}
         encode = jax.jit(lambda v, a: self.model.apply(v, a, method="encode"))
         decode = jax.jit(lambda v, c: self.model.apply(v, c, method="decode"))
         self._encode = lambda a: encode(self.variables, a)
@@ -168,8 +149,6 @@ class LoadedCodec:
             yield start, min(start + step, frames), lo, lo + window
 
     def _mimi_streamer(self):
-        from audiolm_jax.codec.mimi.streaming import MimiStreamer
-
         if self._streamer is None:
             self._streamer = MimiStreamer(self.config, self.params, self.vq_stats, batch=1)
         return self._streamer
@@ -250,20 +229,13 @@ class LoadedCodec:
 
 
 def load_codec(workdir: str, step: int | None = None) -> LoadedCodec:
-    from audiolm_jax.codec.task import CodecTask
-    from audiolm_jax.export import load_inference_weights
-
-    config = load_config(workdir)
-    # A training workdir or an export directory (audiolm_jax/export.py).
-    weights, step = load_inference_weights(workdir, CodecTask(config), "codec", step, what="codec")
-    return LoadedCodec(config, weights["params"], weights["vq_stats"], step)
+    """A training workdir's or an export directory's codec, ready for files."""
+    weights = load_codec_weights(workdir, step)
+    return LoadedCodec(weights.config, weights.params, weights.vq_stats, weights.step)
 
 
 def evaluate_files(codec: LoadedCodec, paths: Iterable[str]) -> dict:
     """Spectral loss, mel distance, SI-SNR, bitrate and per-level codebook usage/perplexity."""
-    from audiolm_jax.codec import losses, metrics
-    from audiolm_jax.data.audio_io import AudioDecodeError, load_audio
-
     sr = codec.sample_rate
     spectral, mel, snr, skipped = [], [], [], []
     counts = np.zeros((codec.num_levels, codec.codebook_size), np.int64)
@@ -272,8 +244,6 @@ def evaluate_files(codec: LoadedCodec, paths: Iterable[str]) -> dict:
             audio = load_audio(path, sr)
         except AudioDecodeError as e:
             skipped.append(str(path))
-            from absl import logging
-
             logging.warning("skipping %s", e)
             continue
         codes = codec.encode(audio)

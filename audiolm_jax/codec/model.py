@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from audiolm_jax.codec.networks import make_encoder_decoder
-from audiolm_jax.quantization import make_quantizer
+from audiolm_jax.quantization import make_quantizer, quantizer_config
 
 
 def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
@@ -79,5 +79,6 @@ def frame_rate(config: Any) -> float:
 def bitrate_bps(config: Any, num_levels: int | None = None) -> float:
     import math
 
-    levels = int(num_levels or config.quantizer.num_levels)
-    return frame_rate(config) * levels * math.log2(int(config.quantizer.codebook_size))
+    quantizer = quantizer_config(config.quantizer)  # FSQ: prod(fsq_levels) codes per level
+    levels = int(num_levels or quantizer.num_levels)
+    return frame_rate(config) * levels * math.log2(int(quantizer.codebook_size))

@@ -20,6 +20,11 @@ the original EnCodec repo used False).
 
 Shapes: encoder ``[B, T]`` → ``[B, ceil(T / hop), dimension]`` (exactly T / hop when T is a
 multiple of hop = prod(ratios)); decoder ``[B, frames, dimension]`` → ``[B, frames * hop]``.
+
+Streaming: ``streaming=True`` (causal networks) runs every convolution in its streaming mode
+(:mod:`audiolm_jax.layers.conv`): the encoder takes audio a whole number of hops at a time, the
+decoder any number of frames, each call continuing the previous ones through the buffers kept
+in the ``streaming`` collection; chunk by chunk equals the offline network on the whole signal.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class SEANetResnetBlock(nn.Module):
     activation: str = "elu"
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, streaming: bool = False) -> Array:
         act = _activation(self.activation)
         hidden = self.dim // self.compress
         padding = "causal" if self.causal else "same"
@@ -78,12 +83,12 @@ class SEANetResnetBlock(nn.Module):
             out = self.dim if i == n - 1 else hidden
             h = act(h)
             h = Conv1d(out, k, dilation=d, padding=padding, pad_mode=self.pad_mode,
-                       weight_norm=self.weight_norm, name=f"conv_{i}")(h)
+                       weight_norm=self.weight_norm, name=f"conv_{i}")(h, streaming)
         if self.true_skip:
             skip = x
         else:
             skip = Conv1d(self.dim, 1, padding=padding, pad_mode=self.pad_mode,
-                          weight_norm=self.weight_norm, name="shortcut")(x)
+                          weight_norm=self.weight_norm, name="shortcut")(x, streaming)
         return skip + h
 
 
@@ -128,21 +133,21 @@ class SEANetEncoder(_SEANetBase):
     """``[B, T]`` (or ``[B, T, channels]``) → ``[B, frames, dimension]``."""
 
     @nn.compact
-    def __call__(self, audio: Array) -> Array:
+    def __call__(self, audio: Array, streaming: bool = False) -> Array:
         act = _activation(self.activation)
         x = audio[..., None] if audio.ndim == 2 else audio
         mult = 1
-        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(x)
+        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(x, streaming)
         for i, ratio in enumerate(reversed(tuple(self.ratios))):
             ratio = int(ratio)
             for j in range(self.n_residual_layers):
-                x = self._res(mult * self.n_filters, j, name=f"block_{i}_res_{j}")(x)
+                x = self._res(mult * self.n_filters, j, name=f"block_{i}_res_{j}")(x, streaming)
             x = act(x)
             x = self._conv(mult * self.n_filters * 2, 2 * ratio, stride=ratio,
-                           name=f"block_{i}_down")(x)
+                           name=f"block_{i}_down")(x, streaming)
             mult *= 2
         x = act(x)
-        return self._conv(self.dimension, self.last_kernel_size, name="conv_out")(x)
+        return self._conv(self.dimension, self.last_kernel_size, name="conv_out")(x, streaming)
 
 
 class SEANetDecoder(_SEANetBase):
@@ -153,20 +158,21 @@ class SEANetDecoder(_SEANetBase):
     trim_right_ratio: float = 1.0
 
     @nn.compact
-    def __call__(self, z: Array) -> Array:
+    def __call__(self, z: Array, streaming: bool = False) -> Array:
         act = _activation(self.activation)
         mult = 2 ** len(self.ratios)
-        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(z)
+        x = self._conv(mult * self.n_filters, self.kernel_size, name="conv_in")(z, streaming)
         for i, ratio in enumerate(self.ratios):
             ratio = int(ratio)
             x = act(x)
             x = ConvTranspose1d(mult * self.n_filters // 2, 2 * ratio, stride=ratio,
                                 causal=self.causal, trim_right_ratio=self.trim_right_ratio,
-                                weight_norm=self.weight_norm, name=f"block_{i}_up")(x)
+                                weight_norm=self.weight_norm, name=f"block_{i}_up")(x, streaming)
             for j in range(self.n_residual_layers):
-                x = self._res(mult * self.n_filters // 2, j, name=f"block_{i}_res_{j}")(x)
+                x = self._res(mult * self.n_filters // 2, j,
+                              name=f"block_{i}_res_{j}")(x, streaming)
             mult //= 2
         x = act(x)
-        x = self._conv(self.channels, self.last_kernel_size, name="conv_out")(x)
+        x = self._conv(self.channels, self.last_kernel_size, name="conv_out")(x, streaming)
         x = _activation(self.final_activation)(x)
         return x[..., 0] if self.channels == 1 else x

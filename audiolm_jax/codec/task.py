@@ -31,10 +31,13 @@ from flax import struct
 
 from audiolm_jax.codec import losses as losses_lib
 from audiolm_jax.codec.model import build_codec
+from audiolm_jax.quantization import RNG, STATS, quantizer_config
 from audiolm_jax.quantization.init import kmeans_init_stats
 from audiolm_jax.train.optim import make_optimizer
+from audiolm_jax.train.task import Task
+from audiolm_jax.workdir import samples_dir
 
-VQ_RNG = "vq"
+VQ_RNG = RNG
 
 
 @struct.dataclass
@@ -66,12 +69,19 @@ def reconstruction_terms(config: Any, audio: jnp.ndarray, recon: jnp.ndarray) ->
     return terms
 
 
-class CodecTask:
+class CodecTask(Task):
     """Everything codec-specific the generic train loop needs."""
 
+    name = "codec"
+    program = "codec_train"
+    inference_keys = ("params", STATS)  # the codebooks live in the EMA statistics
+
     def __init__(self, config: Any, eval_audio: np.ndarray | None = None):
-        self.config = config
+        super().__init__(config)
         self.model = build_codec(config)
+        # EMA codebook statistics (and their first-batch k-means) only for quantizers that
+        # keep them; FSQ's state carries an empty ``vq_stats``.
+        self.has_stats = quantizer_config(config.quantizer).has_stats
         self.optimizer, self.schedule = make_optimizer(config.optim, int(config.train.num_steps))
         self.adversarial = bool(config.adversarial.enabled)
         self.eval_audio = eval_audio
@@ -104,7 +114,7 @@ class CodecTask:
         variables = self.model.init({"params": k_params, VQ_RNG: k_vq}, dummy, train=False)
         params = variables["params"]
         state = CodecState(
-            step=jnp.zeros((), jnp.int32), params=params, vq_stats=variables["vq_stats"],
+            step=jnp.zeros((), jnp.int32), params=params, vq_stats=variables.get(STATS, {}),
             opt_state=self.optimizer.init(nn.meta.unbox(params)), rng=k_state)
         if self.adversarial:
             disc_params = self.discriminator.init(k_disc, dummy)["params"]
@@ -204,6 +214,8 @@ class CodecTask:
 
     def init_step(self, state: CodecState, batch: dict) -> CodecState:
         """k-means codebook init on the first batch (all devices' vectors), before step 1."""
+        if not self.has_stats:
+            return state
         return state.replace(vq_stats=kmeans_init_stats(
             self.model, state.params, state.vq_stats, batch["audio"],
             jax.random.fold_in(state.rng, 1)))
@@ -214,12 +226,13 @@ class CodecTask:
 
         def generator(params):
             out, mutated = self.model.apply(
-                {"params": params, "vq_stats": state.vq_stats}, audio, train=True,
-                init_codebooks=False, rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
+                {"params": params, STATS: state.vq_stats}, audio, train=True,
+                init_codebooks=False, rngs={VQ_RNG: k_vq},
+                mutable=[STATS] if self.has_stats else [])
             primals = (out["recon"], out["commit_loss"])
             if self.distilling:
                 primals += (out["semantic_quantized"],)
-            return primals, (out, mutated["vq_stats"])
+            return primals, (out, mutated.get(STATS, state.vq_stats))
 
         primals, gen_vjp, (out, new_stats) = jax.vjp(generator, state.params, has_aux=True)
         recon, commit = primals[:2]
@@ -317,7 +330,7 @@ class CodecTask:
 
     # ---------------------------------------------------------------- samples
     def _reconstruct(self, params, vq_stats, audio):
-        return self.model.apply({"params": params, "vq_stats": vq_stats}, audio, train=False)["recon"]
+        return self.model.apply({"params": params, STATS: vq_stats}, audio, train=False)["recon"]
 
     def reconstruct(self, state: CodecState, audio: np.ndarray) -> np.ndarray:
         return np.asarray(self._recon(state.params, state.vq_stats, jnp.asarray(audio, jnp.float32)))
@@ -332,7 +345,7 @@ class CodecTask:
         sr = int(self.config.data.sample_rate)
         clips = self.eval_audio[:2]
         recon = self.reconstruct(state, clips)
-        outdir = os.path.join(workdir, "samples", f"step_{step:07d}")
+        outdir = samples_dir(workdir, step)
         os.makedirs(outdir, exist_ok=True)
         for i, (orig, rec) in enumerate(zip(clips, recon)):
             save_wav(os.path.join(outdir, f"clip{i}_original.wav"), orig, sr)

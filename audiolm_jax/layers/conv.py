@@ -11,6 +11,18 @@
   channel-wise upsampling used by Mimi).
 * ``Conv2d``: explicit padding / stride / dilation, for the STFT discriminator.
 
+Streaming (``streaming=True`` in the call; :mod:`audiolm_jax.layers.streaming`): the causal
+``Conv1d`` and the causal ``ConvTranspose1d`` (``trim_right_ratio=1``) take a signal chunk by
+chunk, each chunk a whole number of strides long, and give exactly what the offline layer gives
+on the concatenated chunks. They carry, in the ``streaming`` collection:
+
+* ``Conv1d``: ``buffer``, the last ``effective_kernel - stride`` inputs (initially the causal
+  left padding: zeros), and with 'replicate' padding ``started``: false until the first chunk,
+  whose first sample then fills the buffer.
+* ``ConvTranspose1d``: ``buffer``, the ``kernel - stride`` trailing outputs (without bias) that
+  overlap the next chunk's first outputs; offline they are trimmed from the right end of the
+  whole signal, so streaming adds them to the next chunk instead.
+
 Weight norm (``weight_norm=True``) is implemented here: parameters ``v`` (kernel-shaped) and
 ``g`` (one per output channel), ``kernel = g * v / ||v||`` with the norm over every axis except
 the output-channel (last) axis. ``g`` is initialised to ``||v||`` so the initial kernel is ``v``.
@@ -35,6 +47,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from audiolm_jax.layers.streaming import carry
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -157,6 +171,8 @@ class Conv1d(nn.Module):
     """1-D convolution on ``[B, T, C_in]`` → ``[B, T', features]``.
 
     With ``padding`` 'causal' / 'same' / 'reflect' and T a multiple of ``stride``, T' = T / stride.
+    ``streaming=True`` (causal padding only): ``x`` is the next chunk of a signal (see the
+    module docstring).
     """
 
     features: int
@@ -171,14 +187,17 @@ class Conv1d(nn.Module):
     kernel_init: Initializer = default_kernel_init
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, streaming: bool = False) -> Array:
         in_ch = x.shape[-1]
         if in_ch % self.groups or self.features % self.groups:
             raise ValueError("channels must be divisible by groups")
-        left, right = conv1d_padding(x.shape[1], self.kernel_size, self.stride, self.dilation,
-                                     self.padding)
-        mode = "reflect" if self.padding == "reflect" else self.pad_mode
-        x = pad1d(x, left, right, mode)
+        if streaming:
+            x = self._stream_input(x)
+        else:
+            left, right = conv1d_padding(x.shape[1], self.kernel_size, self.stride,
+                                         self.dilation, self.padding)
+            mode = "reflect" if self.padding == "reflect" else self.pad_mode
+            x = pad1d(x, left, right, mode)
         kernel = make_kernel(self, (self.kernel_size, in_ch // self.groups, self.features),
                              self.weight_norm, self.kernel_init)
         y = conv1d_valid(x, kernel.astype(x.dtype), self.stride, self.dilation, self.groups)
@@ -186,6 +205,31 @@ class Conv1d(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(y.dtype)
         return y
+
+    def _stream_input(self, x: Array) -> Array:
+        """The chunk ``x`` behind the carried inputs it needs (the causal left padding on the
+        first chunk); stores the inputs the next chunk needs."""
+        if self.padding != "causal":
+            raise ValueError(f"only causal convolutions stream, not padding={self.padding!r}")
+        if x.shape[1] % self.stride:
+            raise ValueError(f"a streamed chunk must be a whole number of strides "
+                             f"({self.stride}), got {x.shape[1]} steps")
+        size = (self.kernel_size - 1) * self.dilation + 1 - self.stride
+        if size < 0:
+            raise ValueError("a streamed convolution needs kernel_size >= stride")
+        if size == 0:
+            return x
+        shape = (x.shape[0], size, x.shape[-1])
+        buffer, update = carry(self, "buffer", lambda: jnp.zeros(shape, x.dtype))
+        if self.pad_mode == "replicate":  # the first chunk pads with its first sample
+            started, set_started = carry(self, "started", lambda: jnp.zeros((), bool))
+            buffer = jnp.where(started, buffer, jnp.repeat(x[:, :1], size, axis=1))
+            set_started(jnp.ones((), bool))
+        elif self.pad_mode != "constant":
+            raise ValueError(f"pad_mode {self.pad_mode!r} does not stream")
+        full = jnp.concatenate([buffer.astype(x.dtype), x], axis=1)
+        update(full[:, full.shape[1] - size:])
+        return full
 
 
 class CausalConv1d(Conv1d):
@@ -236,7 +280,8 @@ class ConvTranspose1d(nn.Module):
     ``padding=p`` (int): ``p`` from each side (torch semantics); otherwise
     ``kernel_size - stride`` in total, ``causal``: ``ceil(total * trim_right_ratio)`` from the
     right and the rest from the left (ratio 1 → all on the right); non-causal: split in two
-    (right gets the floor half).
+    (right gets the floor half). ``streaming=True`` (causal, ``trim_right_ratio=1``, no
+    ``padding``): ``x`` is the next chunk of a signal (see the module docstring).
     """
 
     features: int
@@ -251,7 +296,7 @@ class ConvTranspose1d(nn.Module):
     kernel_init: Initializer = default_kernel_init
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, streaming: bool = False) -> Array:
         in_ch = x.shape[-1]
         k, s = self.kernel_size, self.stride
         if in_ch % self.groups or self.features % self.groups:
@@ -259,6 +304,12 @@ class ConvTranspose1d(nn.Module):
         kernel = make_kernel(self, (k, in_ch // self.groups, self.features), self.weight_norm,
                              self.kernel_init)
         y = conv_transpose1d_full(x, kernel, s, self.groups)
+        if streaming:
+            y = self._stream_output(y, x.shape[1] * s)
+            if self.use_bias:
+                bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+                y = y + bias.astype(y.dtype)
+            return y
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(y.dtype)
@@ -273,6 +324,22 @@ class ConvTranspose1d(nn.Module):
             left = total - right
         end = y.shape[1] - right
         return y[:, left:end]
+
+    def _stream_output(self, y: Array, n: int) -> Array:
+        """The first ``n`` samples of a chunk's untrimmed output ``y`` plus the carried
+        overlap of the previous chunks; stores the overlap with the next chunk."""
+        if self.padding is not None or not self.causal or self.trim_right_ratio != 1:
+            raise ValueError("only causal transposed convolutions with trim_right_ratio=1 "
+                             "stream")
+        overlap = self.kernel_size - self.stride
+        if overlap < 0:
+            raise ValueError("a streamed transposed convolution needs kernel_size >= stride")
+        if overlap:
+            shape = (y.shape[0], overlap, y.shape[-1])
+            buffer, update = carry(self, "buffer", lambda: jnp.zeros(shape, y.dtype))
+            y = y.at[:, :overlap].add(buffer.astype(y.dtype))
+            update(y[:, n:])
+        return y[:, :n]
 
 
 def get_2d_padding(kernel_size: Sequence[int], dilation: Sequence[int] = (1, 1)):

@@ -1,63 +1,46 @@
-"""Streaming (chunk by chunk) versions of the causal convolutions in ``conv.py``, as pure
-functions of a layer's parameters, a carried buffer and a chunk ``[B, n, C]``.
+"""Streaming state: what a layer remembers between the chunks of a signal it processes one
+chunk at a time.
 
-Run chunk by chunk from the initial state, they give exactly what the offline layer gives on
-the concatenated input (``Conv1d(padding='causal')`` and ``ConvTranspose1d(causal=True,
-trim_right_ratio=1)``), provided each chunk's length is a multiple of the stride:
+Streaming is a mode of the layers themselves (``Conv1d(padding='causal')``,
+``ConvTranspose1d(causal=True)``, ``TransformerStack.stream``), not a second graph: in that mode
+a layer reads its carried values from the Flax variable collection ``STREAMING`` and writes
+the next ones back, as flax's lm1b example keeps its KV cache in a ``cache`` collection::
 
-* ``conv1d_step``: the buffer holds the last ``effective_kernel - stride`` inputs (initially the
-  causal left padding: zeros, or the first sample repeated for 'replicate' padding).
-* ``conv_transpose1d_step``: the buffer holds the ``kernel - stride`` trailing outputs (without
-  bias) that overlap the next chunk's first outputs; offline they are trimmed from the right
-  end of the whole signal, so streaming adds them to the next chunk instead.
+    y, new = model.apply({"params": params, STREAMING: state}, chunk, ..., mutable=[STREAMING])
+    state = new[STREAMING]
+
+The same apply without the collection creates it at its initial value and leaves it there
+(lm1b's ``init`` of the cache); :func:`initial_state` is that call. The state is a plain
+pytree of arrays, so one streaming step is one compiled call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
+import flax.linen as nn
 
-from audiolm_jax.layers.conv import conv1d_valid, conv_transpose1d_full, weight_norm_kernel
-
-Array = jax.Array
+STREAMING = "streaming"
 
 
-def layer_kernel(params: Mapping[str, Any]) -> Array:
-    """The kernel of a conv layer's params: ``kernel``, or ``g * v / ||v||`` (weight norm)."""
-    if "kernel" in params:
-        return params["kernel"]
-    return weight_norm_kernel(params["v"], params["g"])
+def carry(module: nn.Module, name: str, init: Callable[[], Any]) -> tuple[Any, Callable]:
+    """``(value, update)`` for the module's streaming variable ``name``: its value in the
+    state passed in, or ``init()`` when the state lacks it. ``update(new)`` stores the next
+    value, except on the call that creates the variable, which leaves it at ``init()``."""
+    fresh = not module.has_variable(STREAMING, name)
+    if fresh:
+        module.put_variable(STREAMING, name, init())
+
+    def update(value: Any) -> None:
+        if not fresh:
+            module.put_variable(STREAMING, name, value)
+
+    return module.get_variable(STREAMING, name), update
 
 
-def conv1d_buffer_size(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    return (kernel_size - 1) * dilation + 1 - stride
-
-
-def conv1d_step(params: Mapping[str, Any], buffer: Array, x: Array, stride: int = 1,
-                dilation: int = 1, groups: int = 1) -> tuple[Array, Array]:
-    """``(y [B, n / stride, C_out], new_buffer)`` for a chunk ``x [B, n, C_in]``."""
-    kernel = layer_kernel(params)
-    full = jnp.concatenate([buffer.astype(x.dtype), x], axis=1)
-    y = conv1d_valid(full, kernel.astype(x.dtype), stride, dilation, groups)
-    if "bias" in params:
-        y = y + params["bias"].astype(y.dtype)
-    keep = buffer.shape[1]
-    return y, full[:, full.shape[1] - keep:] if keep else buffer
-
-
-def conv_transpose1d_step(params: Mapping[str, Any], buffer: Array, x: Array, stride: int,
-                          groups: int = 1) -> tuple[Array, Array]:
-    """``(y [B, n * stride, C_out], new_buffer [B, kernel - stride, C_out])``."""
-    kernel = layer_kernel(params)
-    k = kernel.shape[0]
-    y = conv_transpose1d_full(x, kernel, stride, groups)
-    overlap = k - stride
-    if overlap:
-        y = y.at[:, :overlap].add(buffer.astype(y.dtype))
-    n = x.shape[1] * stride
-    out = y[:, :n]
-    if "bias" in params:
-        out = out + params["bias"].astype(out.dtype)
-    return out, y[:, n:]
+def initial_state(module: nn.Module, variables: Any, *args, method: Any = None,
+                  **kwargs) -> dict:
+    """The initial ``STREAMING`` collection of ``module.apply(variables, *args, method=method,
+    **kwargs)`` (``variables`` without that collection); ``{}`` when nothing streams."""
+    _, new = module.apply(variables, *args, method=method, mutable=[STREAMING], **kwargs)
+    return dict(new).get(STREAMING, {})

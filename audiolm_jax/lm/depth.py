@@ -54,9 +54,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiolm_jax.lm.transformer import (
-    ACTIVATION_AXES, Block, Cache, Transformer, TransformerConfig, _layer_norm, _normal, _param,
-    init_cache, num_params)
+from audiolm_jax.layers.params import normal, param
+from audiolm_jax.layers.transformer import ACTIVATION, make_blocks, make_norm, run_blocks
+from audiolm_jax.lm.transformer import Cache, LMConfig, Transformer, init_cache, num_params
 
 # (level k, logits [B, V] float32) -> tokens [B] int32: sampling and forcing of one level.
 Choose = Callable[[int, jax.Array], jax.Array]
@@ -74,8 +74,8 @@ class DepthLMConfig:
       token, vocabulary padding) are never sampled.
     """
 
-    temporal: TransformerConfig
-    depth: TransformerConfig
+    temporal: LMConfig
+    depth: LMConfig
     codebook_size: int
 
     def __post_init__(self):
@@ -97,17 +97,17 @@ class DepthLMConfig:
         return self.temporal.num_levels
 
 
-def make_depth_lm_config(temporal: TransformerConfig, *, num_layers: int, num_heads: int,
+def make_depth_lm_config(temporal: LMConfig, *, num_layers: int, num_heads: int,
                          width: int, codebook_size: int) -> DepthLMConfig:
     """A depth LM config from the temporal transformer's config (whose dropout, dtype, remat,
     bias and MLP ratio the depth transformer shares) and the depth stack's sizes."""
     temporal = dataclasses.replace(temporal, output_head=False)
-    depth = TransformerConfig(
+    depth = LMConfig(
         vocab_size=temporal.vocab_size, num_layers=num_layers, num_heads=num_heads, width=width,
         context=temporal.num_levels, mlp_ratio=temporal.mlp_ratio, dropout=temporal.dropout,
-        positions="learned",  # Blocks only read this to decide on RoPE; no table is made
+        positions="learned",  # no rotary embedding; no position table is made either
         dtype=temporal.dtype, remat=temporal.remat, bias=temporal.bias,
-        layer_norm_eps=temporal.layer_norm_eps, output_head=False)
+        norm_eps=temporal.norm_eps, output_head=False)
     return DepthLMConfig(temporal=temporal, depth=depth, codebook_size=codebook_size)
 
 
@@ -121,17 +121,16 @@ class DepthTransformerLM(nn.Module):
         t, d = cfg.temporal, cfg.depth
         R, V, W, Wd = cfg.num_levels, t.vocab_size, t.width, d.width
         self.temporal = Transformer(t)
-        self.depth_in = _param(self, "depth_in", (R, W, Wd), ("levels", "embed", None),
-                               _normal(0.02))
-        self.depth_start = _param(self, "depth_start", (Wd,), ("embed",), _normal(0.02))
+        self.depth_in = param(self, "depth_in", (R, W, Wd), ("levels", "embed", None),
+                              normal(0.02))
+        self.depth_start = param(self, "depth_start", (Wd,), ("embed",), normal(0.02))
         if R > 1:
-            self.depth_wte = _param(self, "depth_wte", (R - 1, V, Wd),
-                                    ("levels", "vocab", "embed"), _normal(0.02))
-        block = nn.remat(Block, static_argnums=(5,)) if d.remat else Block
-        self.depth_blocks = [block(d) for _ in range(d.num_layers)]
-        self.depth_ln = _layer_norm(d)
-        self.depth_head = _param(self, "depth_head", (R, Wd, V), ("levels", "embed", "vocab"),
-                                 _normal(0.02))
+            self.depth_wte = param(self, "depth_wte", (R - 1, V, Wd),
+                                   ("levels", "vocab", "embed"), normal(0.02))
+        self.depth_blocks = make_blocks(d, prefix="depth_blocks")
+        self.depth_ln = make_norm(d)
+        self.depth_head = param(self, "depth_head", (R, Wd, V), ("levels", "embed", "vocab"),
+                                normal(0.02))
         self.drop = nn.Dropout(d.dropout)
 
     # ------------------------------------------------------------------ pieces
@@ -182,10 +181,9 @@ class DepthTransformerLM(nn.Module):
         x = x + self._previous_level_embeddings(jnp.swapaxes(targets, 1, 2)).astype(d.dtype)
         # Every (batch, step) is an independent depth sequence over the R levels.
         x = self.drop(x.reshape(B * T, R, d.width), deterministic=not train)
-        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+        x = nn.with_logical_constraint(x, ACTIVATION)
         positions = jnp.broadcast_to(jnp.arange(R), (B * T, R))
-        for block in self.depth_blocks:
-            x, _ = block(x, positions, None, None, train)
+        x, _ = run_blocks(self.depth_blocks, x, positions, train=train)
         logits = self._depth_head(x).reshape(B, T, R, -1).transpose(0, 2, 1, 3)
         return nn.with_logical_constraint(logits, ("batch", "levels", "length", "vocab"))
 
@@ -211,21 +209,16 @@ class DepthTransformerLM(nn.Module):
         proj = jnp.einsum("bw,rwd->brd", hidden.astype(d.dtype), self.depth_in.astype(d.dtype))
         start = jnp.broadcast_to(self.depth_start, (B, d.width))
         cache = init_cache(d, B, R)
-        kv = (cache["k"], cache["v"])
         inputs, tokens, logits = [], [], []
         for k in range(R):  # static: level k's own weights are plain slices
             prev = start if k == 0 else jnp.take(self.depth_wte[k - 1], tokens[-1], axis=0)
             inputs.append(proj[:, k] + prev.astype(d.dtype))
             if depth_kv_cache:
-                x = inputs[-1][:, None]
                 positions = jnp.full((B, 1), k, jnp.int32)
-                for i, block in enumerate(self.depth_blocks):
-                    x, kv = block(x, positions, (*kv, i), k, False)
+                x, cache = run_blocks(self.depth_blocks, inputs[-1][:, None], positions, cache, k)
             else:
-                x = jnp.stack(inputs, axis=1)
                 positions = jnp.broadcast_to(jnp.arange(k + 1), (B, k + 1))
-                for block in self.depth_blocks:
-                    x, _ = block(x, positions, None, None, False)
+                x, _ = run_blocks(self.depth_blocks, jnp.stack(inputs, axis=1), positions)
             level_logits = self._depth_head_at(x[:, -1], k)
             logits.append(level_logits)
             tokens.append(jnp.asarray(choose(k, level_logits), jnp.int32))

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import (broadcast_forced, decode_layout, sample_with_noise,
-                                     scan_growing_cache, segment_plan)
-from audiolm_jax.lm.transformer import init_cache, with_decode_kernels
-from audiolm_jax.xla_options import lm_cpu_options
+from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise, scan_growing_cache,
+                                     segment_plan)
+from audiolm_jax.lm.transformer import init_cache
+from audiolm_jax.runtime.xla_options import compiler_options
 
 __all__ = ["generate_depth", "generate_depth_cache_size"]
 
@@ -40,9 +40,6 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
     out = jax.lax.dynamic_update_slice_in_dim(out, prompt, 0, axis=2)
     if forced is not None:
         out = jnp.where(forced_mask, forced, out)
-    layout = decode_layout(B)  # the kernels' layout for this batch size, as generate
-    if layout is not None:
-        params = with_decode_kernels(params, layout)  # once, outside the loop
     apply = functools.partial(model.apply, {"params": params})
 
     # The temporal cache grows segment by segment, as in sampling.generate.
@@ -92,7 +89,7 @@ def _generate_depth_jit():
     # Built on first use, like sampling._generate_jit (the options query the backend).
     return jax.jit(_generate_depth_impl,
                    static_argnames=("model", "num_new", "top_k", "allowed_vocab", "segments"),
-                   compiler_options=lm_cpu_options("sample"))
+                   compiler_options=compiler_options("lm_sample"))
 
 
 def generate_depth_cache_size() -> int:

@@ -8,28 +8,34 @@ codec's workdir and checkpoint identity, so ``generate`` can turn tokens back in
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-TOKENS_FILE = "tokens.json"
+from audiolm_jax import workdir as workdir_lib
+from audiolm_jax.codec.inference import load_codec
+from audiolm_jax.config_check import check_mesh
+from audiolm_jax.data.audio_io import load_audio, save_wav
+from audiolm_jax.export import load_inference_weights
+from audiolm_jax.lm.depth_sampling import generate_depth
+from audiolm_jax.lm.sampling import delay_special_mask, generate
+from audiolm_jax.lm.task import LMTask
+from audiolm_jax.lm.tokens import (_load_channels, iter_eval_windows, load_token_dir,
+                                   make_window_iterator, tokenize_corpus)
+from audiolm_jax.tokenizers.mulaw import mulaw_decode, mulaw_encode
+from audiolm_jax.train.loop import train_loop
 
 
 # ------------------------------------------------------------------------------ tokenize
 def tokenize(audio_paths: Sequence[str], out_dir: str, *, tokenizer: str = "codec",
              codec_workdir: str | None = None, sample_rate: int = 16000,
              files_per_shard: int = 64, stereo_streams: bool = False) -> dict:
-    from audiolm_jax.lm.tokens import tokenize_corpus
-
     codec = None
     if tokenizer == "codec":
         if not codec_workdir:
             raise ValueError("--codec-workdir is required with --tokenizer=codec")
-        from audiolm_jax.codec.inference import load_codec
-
         codec = load_codec(codec_workdir)
     elif tokenizer != "mulaw":
         raise ValueError(f"--tokenizer must be 'codec' or 'mulaw', got {tokenizer!r}")
@@ -55,12 +61,6 @@ def fill_tokens_config(config: Any, metadata: dict) -> None:
 
 
 def train_lm(config: Any, workdir: str) -> dict:
-    from audiolm_jax.codec.inference import save_config
-    from audiolm_jax.config_check import check_mesh
-    from audiolm_jax.lm.task import LMTask
-    from audiolm_jax.lm.tokens import load_token_dir, make_window_iterator
-    from audiolm_jax.train.loop import train_loop
-
     if not config.data.tokens:
         raise ValueError("config key 'data.tokens' must name a token directory "
                          "(made by `audiolm-jax tokenize`)")
@@ -70,9 +70,8 @@ def train_lm(config: Any, workdir: str) -> dict:
     if config.train.batch_size % jax.process_count():
         raise ValueError("config key 'train.batch_size' must divide by the process count")
     task = LMTask(config)
-    save_config(config, workdir)
-    with open(os.path.join(workdir, TOKENS_FILE), "w") as f:
-        json.dump(token_dir.metadata, f, indent=2)
+    workdir_lib.save_config(config, workdir)
+    workdir_lib.write_tokens_metadata(workdir, token_dir.metadata)
     iterator = make_window_iterator(
         token_dir, frames=task.frames_per_example,
         batch_size=int(config.train.batch_size) // jax.process_count(),
@@ -86,26 +85,19 @@ def train_lm(config: Any, workdir: str) -> dict:
 # ------------------------------------------------------------------------------ load / eval
 class LoadedLM:
     def __init__(self, workdir: str, step: int | None = None):
-        from audiolm_jax.codec.inference import load_config
-        from audiolm_jax.export import load_inference_weights, resolve_codec_path
-        from audiolm_jax.lm.task import LMTask
-
         self.workdir = workdir
-        self.config = load_config(workdir)
-        with open(os.path.join(workdir, TOKENS_FILE)) as f:
-            self.tokens = json.load(f)
+        self.config = workdir_lib.load_config(workdir)
+        self.tokens = workdir_lib.read_tokens_metadata(workdir)
         if (self.tokens.get("codec") or {}).get("workdir"):  # an export's codec is relative
-            self.tokens["codec"]["workdir"] = resolve_codec_path(
+            self.tokens["codec"]["workdir"] = workdir_lib.resolve_path(
                 workdir, self.tokens["codec"]["workdir"])
         self.task = LMTask(self.config)
         # A training workdir or an export directory (audiolm_jax/export.py).
-        weights, self.step = load_inference_weights(workdir, self.task, "lm", step, what="LM")
+        weights, self.step = load_inference_weights(workdir, self.task, step, what="LM")
         self.params = weights["params"]
 
 
 def evaluate_lm(workdir: str, tokens_dir: str, batch_size: int = 8, max_batches: int = 50) -> dict:
-    from audiolm_jax.lm.tokens import iter_eval_windows, load_token_dir
-
     lm = LoadedLM(workdir)
     token_dir = load_token_dir(tokens_dir)
     eval_step = jax.jit(lm.task.eval_step)
@@ -129,8 +121,6 @@ def _prompt_codes(lm: LoadedLM, audio: np.ndarray):
     """Audio [T] -> (codes [K_all, F] of the LM's tokenizer, decode function, frame rate)."""
     meta = lm.tokens
     if meta["tokenizer"] == "mulaw":
-        from audiolm_jax.tokenizers.mulaw import mulaw_decode, mulaw_encode
-
         return (np.asarray(mulaw_encode(audio), np.int32)[None],
                 lambda c: np.asarray(mulaw_decode(c[0]), np.float32), float(meta["sample_rate"]))
     codec = _codec(lm)
@@ -139,8 +129,6 @@ def _prompt_codes(lm: LoadedLM, audio: np.ndarray):
 
 def _codec(lm: LoadedLM):
     if getattr(lm, "_codec", None) is None:
-        from audiolm_jax.codec.inference import load_codec
-
         lm._codec = load_codec(lm.tokens["codec"]["workdir"])
     return lm._codec
 
@@ -171,8 +159,6 @@ def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np
     frame-space forcing (``forced``/``mask`` [S, K, P + new_frames]: e.g. the user's stream in
     duplex, level 0 with --keep_semantic) applied inside the compiled sampler, so forced
     tokens condition everything sampled after them. Returns codes [S, K, P + new_frames]."""
-    from audiolm_jax.lm.sampling import delay_special_mask, generate
-
     K_all = task.rows
     P, F = prompt.shape[-1], prompt.shape[-1] + new_frames
     full = np.zeros(prompt.shape[:-1] + (F,), np.int32)
@@ -202,8 +188,6 @@ def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np
             seq_codes = np.where(m[None], f[None], seq_codes)
             seq_mask = seq_mask | m[None]
     if task.config.model.layout == "depth":
-        from audiolm_jax.lm.depth_sampling import generate_depth
-
         tokens = generate_depth(task.model, params, prompt_seq, num_new, rng, forced=seq_codes,
                                 forced_mask=seq_mask, **sampling)
     else:
@@ -250,8 +234,6 @@ def sample_frames(task, params, prompt: np.ndarray, new_frames: int, rng, *,
 def _load_prompt_channels(path: str, sample_rate: int, streams: int) -> list[np.ndarray]:
     """A one-stream LM takes any prompt (mixed to mono); a duplex LM takes a stereo prompt as
     both streams' past (channel 0 = the generated stream) or a mono one as stream 0's."""
-    from audiolm_jax.data.audio_io import load_audio
-
     if streams == 1:
         return [load_audio(path, sample_rate)]
     import soundfile as sf
@@ -261,8 +243,6 @@ def _load_prompt_channels(path: str, sample_rate: int, streams: int) -> list[np.
     except Exception:  # pylint: disable=broad-except -- load_audio names the problem
         channels = 1
     if channels == 2:
-        from audiolm_jax.lm.tokens import _load_channels
-
         return list(_load_channels(path, sample_rate))
     return [load_audio(path, sample_rate)]
 
@@ -283,8 +263,6 @@ def generate_audio(workdir: str, prompt_path: str, seconds: float, out_path: str
     would; without it the model plays both sides. A stereo prompt gives both streams' past.
     The output WAV is stereo for duplex LMs (channel 0 = generated stream, 1 = the user).
     """
-    from audiolm_jax.data.audio_io import load_audio, save_wav
-
     lm = LoadedLM(workdir)
     task, meta = lm.task, lm.tokens
     S, K = task.num_streams, task.num_levels

@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiolm_jax.lm.transformer import Transformer, init_cache, with_decode_kernels
-from audiolm_jax.xla_options import cpu_tuning_enabled, lm_cpu_options
+from audiolm_jax.lm.transformer import Transformer, init_cache
+from audiolm_jax.runtime.xla_options import compiler_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
            "segment_plan", "grow_cache", "scan_growing_cache",
@@ -197,7 +197,7 @@ def grow_cache(cache, length: int):
     def grow(c):
         extra = length - c.shape[1]
         return c if extra == 0 else jnp.pad(c, ((0, 0), (0, extra), (0, 0)))
-    return {name: tuple(grow(c) for c in arrays) for name, arrays in cache.items()}
+    return jax.tree.map(grow, cache)
 
 
 def scan_growing_cache(step, carry, plan, draw, shape):
@@ -217,23 +217,6 @@ def _last(logits):
     return logits[..., -1, :]
 
 
-# On CPU, generate decodes with copies of the big kernels laid out for the batch size
-# (transformer.with_decode_kernels): "transposed" at batch 1, "split" from this batch size on.
-# Each was measured faster than the stored layout at those sizes and slower at the others.
-SPLIT_KERNELS_MIN_BATCH = 2
-
-
-def decode_layout(batch_size: int) -> Optional[str]:
-    """The with_decode_kernels layout ``generate`` uses at this batch size, or None (the
-    kernels as stored): off CPU, where the copies were never measured and would only cost
-    memory, and with ``AUDIOLM_JAX_CPU_KERNELS=default`` (no CPU tuning, as in
-    :mod:`audiolm_jax.xla_options`; e.g. for a model whose weights fit in memory once but
-    not twice). Read when a sampler is traced, i.e. at its first call for a shape."""
-    if jax.default_backend() != "cpu" or not cpu_tuning_enabled():
-        return None
-    return "split" if batch_size >= SPLIT_KERNELS_MIN_BATCH else "transposed"
-
-
 def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, forced,
                    forced_mask, *, num_new: int, top_k: int, max_length: int,
                    allowed_vocab: Optional[int], use_top_p: bool = True,
@@ -245,10 +228,6 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
     if forced is not None:
         out = jnp.where(forced_mask, forced, out)  # forced prompt slots too
     prompt = out[..., :P]
-
-    layout = decode_layout(B)
-    if layout is not None:
-        params = with_decode_kernels(params, layout, model.config)  # once, outside the loop
 
     def decode(tokens, cache, index):
         return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)
@@ -289,7 +268,7 @@ def _generate_jit():
         _generate_impl,
         static_argnames=("model", "num_new", "top_k", "max_length", "allowed_vocab", "use_top_p",
                          "segments"),
-        compiler_options=lm_cpu_options("sample"))
+        compiler_options=compiler_options("lm_sample"))
 
 
 def generate_cache_size() -> int:

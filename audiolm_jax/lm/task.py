@@ -14,19 +14,24 @@ weights decide which of them count.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import shutil
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import struct
 
+from audiolm_jax import workdir as workdir_lib
 from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_depth_lm_config
 from audiolm_jax.lm.patterns import make_pattern
-from audiolm_jax.lm.transformer import Transformer, TransformerConfig, init_params
+from audiolm_jax.lm.transformer import Transformer, LMConfig, init_params
+from audiolm_jax.train.checkpoint import Checkpointer
 from audiolm_jax.train.optim import make_optimizer
-from audiolm_jax.xla_options import lm_cpu_options
+from audiolm_jax.train.task import Task
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -47,9 +52,12 @@ def mask_padded_vocab(logits: jnp.ndarray, vocab_size: int) -> jnp.ndarray:
     return jnp.where(keep, logits, jnp.finfo(logits.dtype).min / 2)
 
 
-class LMTask:
+class LMTask(Task):
+    name = "lm"
+    program = "lm_train"  # tuned XLA:CPU kernels (audiolm_jax/runtime/xla_options.py)
+
     def __init__(self, config: Any):
-        self.config = config
+        super().__init__(config)
         m, t = config.model, config.tokens
         self.num_levels, self.num_streams = int(t.num_levels), int(t.num_streams)
         codebook = int(t.codebook_size)
@@ -71,7 +79,7 @@ class LMTask:
         # axis divides over the tensor axis; padded ids are masked out of the softmax.
         self.vocab_size = int(self.pattern.embed_vocab_size)
         multiple = max(int(m.get("vocab_multiple", 128)), 1)
-        self.model_config = TransformerConfig(
+        self.model_config = LMConfig(
             vocab_size=-(-self.vocab_size // multiple) * multiple, num_layers=int(m.num_layers),
             num_heads=int(m.num_heads), width=int(m.width), context=self.context,
             mlp_ratio=int(m.mlp_ratio), dropout=float(m.dropout), positions=m.positions,
@@ -176,10 +184,6 @@ class LMTask:
             per, cnt = jnp.sum(ce * valid, axis=(0, 2)), jnp.sum(valid, axis=(0, 2))
         return loss, {"level_losses": per / jnp.maximum(cnt, 1.0), "tokens": jnp.sum(valid)}
 
-    def compiler_options(self) -> dict | None:
-        """Backend options for the compiled train step (CPU matmul kernels; xla_options.py)."""
-        return lm_cpu_options("train")
-
     def train_step(self, state: LMState, batch: dict) -> tuple[LMState, dict]:
         rng, k_drop = jax.random.split(state.rng)
         (loss, aux), grads = jax.value_and_grad(
@@ -194,3 +198,33 @@ class LMTask:
     def eval_step(self, params, batch: dict) -> dict:
         loss, aux = self.losses(params, batch, False)
         return {"loss": loss, "level_losses": aux["level_losses"], "tokens": aux["tokens"]}
+
+    # ---------------------------------------------------------------- export
+    def export_files(self, workdir: str, out: str,
+                     export_workdir: Callable[[str, str, int | None], dict]) -> dict:
+        """tokens.json; a codec-token LM's codec is exported beside it into ``codec/``, and
+        tokens.json points there (a relative path: resolved against the export's folder)."""
+        tokens = workdir_lib.read_tokens_metadata(workdir)
+        codec = tokens.get("codec")
+        if codec and codec.get("workdir"):
+            source = workdir_lib.resolve_path(workdir, codec["workdir"])
+            target = os.path.join(out, "codec")
+            if workdir_lib.is_export(source):
+                shutil.copytree(source, target)
+            else:
+                export_workdir(source, target, _codec_step(source, codec))
+            codec["workdir"] = "codec"
+        workdir_lib.write_tokens_metadata(out, tokens)
+        return {"codec": "codec" if codec else None}
+
+
+def _codec_step(codec_dir: str, codec: dict) -> int | None:
+    """The codec checkpoint the tokens were made with, if it is still kept; else the latest
+    (what ``generate`` uses for a workdir)."""
+    step = codec.get("checkpoint_step")
+    kept = Checkpointer(workdir_lib.checkpoints_dir(codec_dir), async_save=False).all_steps()
+    if step is not None and step not in kept:
+        logging.warning("codec step %s (used for the tokens) is no longer kept in %s; exporting "
+                        "its latest step", step, codec_dir)
+        return None
+    return step

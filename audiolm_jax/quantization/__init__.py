@@ -1,19 +1,40 @@
-"""EMA residual vector quantization (EnCodec / SoundStream / Mimi), Flax Linen.
+"""Quantizers for latent sequences, Flax Linen: EMA residual vector quantization (EnCodec /
+SoundStream / Mimi) and finite scalar quantization.
 
 Conventions shared by every quantizer here:
 
-* Codebook statistics live in the variable collection ``'vq_stats'``; apply
-  with ``mutable=['vq_stats']`` when ``train=True``.
-* All training-time randomness uses the rng stream ``'vq'``.
+* A kind is a typed config (``base.QuantizerConfig``) and a module builder, registered below;
+  ``make_quantizer(section, latent_dim)`` builds the module an experiment config's
+  ``quantizer`` section names (see ``registry.py`` for the keys policy).
+* A quantizer whose config says ``has_stats`` keeps its codebook statistics in the variable
+  collection ``STATS`` (``'vq_stats'``); apply it with ``mutable=[STATS]`` when
+  ``train=True``. FSQ has no statistics.
+* All training-time randomness uses the rng stream ``RNG`` (``'vq'``).
 * ``train=False`` is pure: no mutation, no rng.
+* Modules take latents [B, T, dim] and return ``quantized``, ``codes`` [B, T, levels],
+  ``commit_loss`` and per-level ``metrics``; ``encode`` / ``decode`` are pure.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Union
-
-from audiolm_jax.quantization.rvq import ResidualVQ, SplitResidualVQ
+from audiolm_jax.quantization.base import RNG, STATS, QuantizerConfig, bits_per_frame
+from audiolm_jax.quantization.fsq import FiniteScalarQuantizer, FSQConfig, ResidualFSQ, build_fsq
+from audiolm_jax.quantization.registry import (
+    make_quantizer,
+    quantizer_config,
+    quantizer_kinds,
+    quantizer_section,
+    quantizer_settings,
+    register_quantizer,
+)
+from audiolm_jax.quantization.rvq import (
+    ResidualVQ,
+    RVQConfig,
+    SplitResidualVQ,
+    SplitRVQConfig,
+    build_rvq,
+    build_split_rvq,
+)
 from audiolm_jax.quantization.vq import (
     VectorQuantizer,
     kmeans,
@@ -23,9 +44,22 @@ from audiolm_jax.quantization.vq import (
 )
 
 __all__ = [
+    "STATS",
+    "RNG",
+    "QuantizerConfig",
+    "RVQConfig",
+    "SplitRVQConfig",
+    "FSQConfig",
     "VectorQuantizer",
     "ResidualVQ",
     "SplitResidualVQ",
+    "FiniteScalarQuantizer",
+    "ResidualFSQ",
+    "register_quantizer",
+    "quantizer_kinds",
+    "quantizer_config",
+    "quantizer_settings",
+    "quantizer_section",
     "make_quantizer",
     "bits_per_frame",
     "kmeans",
@@ -34,58 +68,6 @@ __all__ = [
     "laplace_smoothed_sizes",
 ]
 
-_DEFAULTS = dict(
-    kind="rvq", num_levels=8, num_semantic_levels=1, codebook_size=1024, codebook_dim=None,
-    decay=0.99, epsilon=1e-5, kmeans_iters=50, dead_code_threshold=2.0,
-    dead_code_mode="absolute", dead_code_interval=1, dropout=False, dropout_mode="batch",
-    no_quant_rate=0.0,
-)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    default = _DEFAULTS[key]
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def make_quantizer(qcfg: Any, latent_dim: int) -> Union[ResidualVQ, SplitResidualVQ]:
-    """Builds a quantizer from a config (ConfigDict, dict or attribute object).
-
-    Keys (missing ones fall back to defaults): ``kind`` ('rvq' | 'split_rvq'),
-    ``num_levels`` (total; for split = semantic + acoustic),
-    ``num_semantic_levels`` (split only), ``codebook_size``, ``codebook_dim``
-    (0/None = latent_dim), ``decay``, ``epsilon``, ``kmeans_iters``,
-    ``dead_code_threshold``, ``dead_code_mode``, ``dead_code_interval``,
-    ``dropout``, ``dropout_mode``, ``no_quant_rate``.
-    """
-    kind = _get(qcfg, "kind")
-    num_levels = int(_get(qcfg, "num_levels"))
-    common = dict(
-        codebook_size=int(_get(qcfg, "codebook_size")),
-        dim=int(latent_dim),
-        codebook_dim=int(_get(qcfg, "codebook_dim") or latent_dim),
-        decay=float(_get(qcfg, "decay")),
-        epsilon=float(_get(qcfg, "epsilon")),
-        kmeans_iters=int(_get(qcfg, "kmeans_iters")),
-        dead_code_threshold=float(_get(qcfg, "dead_code_threshold")),
-        dead_code_mode=str(_get(qcfg, "dead_code_mode")),
-        dead_code_interval=int(_get(qcfg, "dead_code_interval")),
-        dropout=bool(_get(qcfg, "dropout")),
-        dropout_mode=str(_get(qcfg, "dropout_mode")),
-        no_quant_rate=float(_get(qcfg, "no_quant_rate")),
-    )
-    if kind == "rvq":
-        return ResidualVQ(num_levels=num_levels, **common)
-    if kind == "split_rvq":
-        n_sem = int(_get(qcfg, "num_semantic_levels"))
-        if not 0 <= n_sem <= num_levels:
-            raise ValueError(f"num_semantic_levels={n_sem} must be in [0, num_levels={num_levels}]")
-        return SplitResidualVQ(num_semantic_levels=n_sem, num_acoustic_levels=num_levels - n_sem,
-                               **common)
-    raise ValueError(f"unknown quantizer kind {kind!r} (expected 'rvq' or 'split_rvq')")
-
-
-def bits_per_frame(num_levels: int, codebook_size: int) -> float:
-    """Bits per latent frame: ``num_levels * log2(codebook_size)``."""
-    return float(num_levels) * math.log2(int(codebook_size))
+register_quantizer("rvq", RVQConfig, build_rvq)
+register_quantizer("split_rvq", SplitRVQConfig, build_split_rvq)
+register_quantizer("fsq", FSQConfig, build_fsq)

@@ -7,15 +7,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from audiolm_jax.quantization.base import RNG, STATS
+
 
 def kmeans_init_stats(model: nn.Module, params: Any, vq_stats: Any, inputs: Any,
                       rng: jax.Array, **call_kwargs) -> Any:
     """Returns ``vq_stats`` after k-means on ``inputs`` for every quantizer level of ``model``.
 
     ``model`` must forward ``init_codebooks`` to its quantizer. Trainers call this once, in its
-    own compiled step, and pass ``init_codebooks=False`` in the hot step (see ``vq.py``).
+    own compiled step, and pass ``init_codebooks=False`` in the hot step (see ``vq.py``); they
+    skip it for a quantizer without statistics (its config's ``has_stats`` is False).
     """
-    _, mutated = model.apply({"params": params, "vq_stats": vq_stats}, inputs, train=True,
-                             init_codebooks=True, rngs={"vq": rng}, mutable=["vq_stats"],
+    _, mutated = model.apply({"params": params, STATS: vq_stats}, inputs, train=True,
+                             init_codebooks=True, rngs={RNG: rng}, mutable=[STATS],
                              **call_kwargs)
-    return mutated["vq_stats"]
+    return mutated[STATS]

@@ -14,12 +14,14 @@ the module path into it, so each use gets an independent key.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import dataclasses
+from typing import Any, ClassVar, Dict, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiolm_jax.quantization.base import RNG, QuantizerConfig, invalid
 from audiolm_jax.quantization.vq import VectorQuantizer
 
 Array = jax.Array
@@ -56,7 +58,15 @@ class ResidualVQ(nn.Module):
 
     Variables: params ``in_proj``/``out_proj`` (when projecting) and, per level
     ``levels_{l}``, the ``'vq_stats'`` collection of :class:`VectorQuantizer`.
+
+    A subclass can stack another level module (:class:`~audiolm_jax.quantization.fsq.
+    ResidualFSQ`): it overrides :meth:`_make_level` and sets ``learned_levels`` when its levels
+    are trained by gradient rather than by statistics. Such a level's output then enters the
+    sum undetached (its own straight-through estimator carries the gradient), and the stack
+    has no outer straight-through; the residual passed on is still detached.
     """
+
+    learned_levels: ClassVar[bool] = False
 
     num_levels: int
     codebook_size: int
@@ -91,15 +101,17 @@ class ResidualVQ(nn.Module):
         if self.projects:
             self.in_proj = nn.Dense(self.inner_dim, use_bias=False)
             self.out_proj = nn.Dense(self.dim, use_bias=False)
-        self.levels = [
-            VectorQuantizer(
-                codebook_size=self.codebook_size, dim=self.inner_dim, decay=self.decay,
-                epsilon=self.epsilon, kmeans_iters=self.kmeans_iters,
-                dead_code_threshold=self.dead_code_threshold,
-                dead_code_mode=self.dead_code_mode,
-                dead_code_interval=self.dead_code_interval)
-            for _ in range(self.num_levels)
-        ]
+        self.levels = [self._make_level() for _ in range(self.num_levels)]
+
+    def _make_level(self) -> nn.Module:
+        """One level: quantizes [..., inner_dim] with the :class:`VectorQuantizer` contract
+        (``__call__``, ``quantize_codes``, ``lookup``, ``get_codebook``)."""
+        return VectorQuantizer(
+            codebook_size=self.codebook_size, dim=self.inner_dim, decay=self.decay,
+            epsilon=self.epsilon, kmeans_iters=self.kmeans_iters,
+            dead_code_threshold=self.dead_code_threshold,
+            dead_code_mode=self.dead_code_mode,
+            dead_code_interval=self.dead_code_interval)
 
     def _in(self, x: Array) -> Array:
         z = self.in_proj(x) if self.projects else x
@@ -161,7 +173,7 @@ class ResidualVQ(nn.Module):
         draw_bypass = bypass is None and self.no_quant_rate > 0
         if updating and not init_codebooks and (
                 (self.dropout and n_levels is None) or draw_bypass):
-            u = jax.random.uniform(self.make_rng("vq"), (2, B))
+            u = jax.random.uniform(self.make_rng(RNG), (2, B))
 
         # active[b, l]: level l is used for sample b.
         level_ids = jnp.arange(L)[None, :]
@@ -188,9 +200,10 @@ class ResidualVQ(nn.Module):
             out = vq(residual, train=train, mask=m, init_codebooks=init_codebooks)
             # Detached: later levels and their commit losses never backprop
             # through this level's quantized value (audiocraft fix, issue #25).
-            q_l = jax.lax.stop_gradient(out["quantized"].astype(jnp.float32))
+            q_level = out["quantized"].astype(jnp.float32)
+            q_l = jax.lax.stop_gradient(q_level)
             residual = residual - q_l
-            q_sum = q_sum + q_l
+            q_sum = q_sum + (q_level if self.learned_levels else q_l)
             codes.append(out["codes"])
             per_level["usage"].append(out["usage"])
             per_level["perplexity"].append(out["perplexity"])
@@ -198,7 +211,10 @@ class ResidualVQ(nn.Module):
             per_level["commit_loss"].append(out["commit_loss"])
             per_level["level_active"].append(jnp.any(m).astype(jnp.float32))
 
-        q = z + jax.lax.stop_gradient(q_sum - z) if train else q_sum
+        if self.learned_levels or not train:
+            q = q_sum
+        else:
+            q = z + jax.lax.stop_gradient(q_sum - z)
         if not (updating and not init_codebooks):
             bypass = jnp.zeros((B,), bool)
         elif bypass is None:
@@ -310,7 +326,7 @@ class SplitResidualVQ(nn.Module):
         B = x.shape[0]
         bypass = jnp.zeros((B,), bool)
         if train and not self.is_initializing() and self.no_quant_rate > 0 and not init_codebooks:
-            bypass = jax.random.uniform(self.make_rng("vq"), (B,)) < self.no_quant_rate
+            bypass = jax.random.uniform(self.make_rng(RNG), (B,)) < self.no_quant_rate
         parts = []
         if self.num_semantic_levels > 0:
             parts.append(self.semantic(x, train=train, n_levels=n_sem, mask=mask,
@@ -355,3 +371,73 @@ class SplitResidualVQ(nn.Module):
         if self.num_acoustic_levels > 0:
             out = out + self.acoustic.decode(codes[..., S:])
         return out
+
+
+# ---------------------------------------------------------------------------
+# Typed configs and builders (registered in ``quantization/__init__.py``)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RVQConfig(QuantizerConfig):
+    """``kind='rvq'``: :class:`ResidualVQ` of EMA vector quantizers (fields: see there and
+    :class:`~audiolm_jax.quantization.vq.VectorQuantizer`)."""
+
+    has_stats: ClassVar[bool] = True
+
+    codebook_size: int = 1024
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    kmeans_iters: int = 50
+    dead_code_threshold: float = 2.0
+    dead_code_mode: str = "absolute"
+    dead_code_interval: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.codebook_size < 2:
+            raise invalid("codebook_size", ">= 2", self.codebook_size)
+        if not 0.0 <= self.decay <= 1.0:
+            raise invalid("decay", "in [0, 1]", self.decay)
+        if not self.epsilon > 0.0:
+            raise invalid("epsilon", "> 0", self.epsilon)
+        if self.kmeans_iters < 0:
+            raise invalid("kmeans_iters", ">= 0", self.kmeans_iters)
+        if self.dead_code_mode not in ("absolute", "relative"):
+            raise invalid("dead_code_mode", "one of ['absolute', 'relative']", self.dead_code_mode)
+        if self.dead_code_interval < 1:
+            raise invalid("dead_code_interval", ">= 1", self.dead_code_interval)
+
+    def vq_kwargs(self, latent_dim: int) -> Dict[str, Any]:
+        return dict(
+            codebook_size=self.codebook_size, dim=int(latent_dim),
+            codebook_dim=self.codebook_dim or int(latent_dim), decay=self.decay,
+            epsilon=self.epsilon, kmeans_iters=self.kmeans_iters,
+            dead_code_threshold=self.dead_code_threshold, dead_code_mode=self.dead_code_mode,
+            dead_code_interval=self.dead_code_interval, dropout=self.dropout,
+            dropout_mode=self.dropout_mode, no_quant_rate=self.no_quant_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRVQConfig(RVQConfig):
+    """``kind='split_rvq'``: :class:`SplitResidualVQ` (Mimi); ``num_levels`` counts both
+    branches, ``num_semantic_levels`` of them semantic."""
+
+    num_semantic_levels: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.num_semantic_levels < self.num_levels:
+            raise invalid("num_semantic_levels",
+                          f"in [1, quantizer.num_levels - 1 = {self.num_levels - 1}]",
+                          self.num_semantic_levels)
+
+
+def build_rvq(cfg: RVQConfig, latent_dim: int) -> ResidualVQ:
+    return ResidualVQ(num_levels=cfg.num_levels, **cfg.vq_kwargs(latent_dim))
+
+
+def build_split_rvq(cfg: SplitRVQConfig, latent_dim: int) -> SplitResidualVQ:
+    return SplitResidualVQ(num_semantic_levels=cfg.num_semantic_levels,
+                           num_acoustic_levels=cfg.num_levels - cfg.num_semantic_levels,
+                           **cfg.vq_kwargs(latent_dim))

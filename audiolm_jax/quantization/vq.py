@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiolm_jax.quantization.base import RNG, STATS, usage_perplexity
+
 Array = jax.Array
 
 _HI = jax.lax.Precision.HIGHEST  # distances/stats must not drop to bf16 on TPU
@@ -159,13 +161,7 @@ def code_histogram_metrics(codes: Array, weights: Array, K: int) -> Dict[str, Ar
     """Batch ``usage`` (fraction of codes used) and ``perplexity`` (exp entropy)."""
     counts = jnp.matmul(weights.astype(jnp.float32),
                         jax.nn.one_hot(codes, K, dtype=jnp.float32), precision=_HI)
-    total = jnp.sum(counts)
-    p = counts / jnp.maximum(total, 1e-12)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return {
-        "usage": jnp.sum(counts > 0).astype(jnp.float32) / K,
-        "perplexity": jnp.where(total > 0, jnp.exp(entropy), 0.0),
-    }
+    return usage_perplexity(counts)
 
 
 # ---------------------------------------------------------------------------
@@ -208,7 +204,7 @@ class VectorQuantizer(nn.Module):
         if self.dead_code_interval < 1:
             raise ValueError(f"dead_code_interval must be >= 1, got {self.dead_code_interval}")
         K, D = self.codebook_size, self.dim
-        col = "vq_stats"
+        col = STATS
         self.initialized = self.variable(col, "initialized", lambda: jnp.array(False))
         self.cluster_size = self.variable(col, "cluster_size", lambda: jnp.zeros((K,), jnp.float32))
         self.embed_sum = self.variable(col, "embed_sum", lambda: jnp.zeros((K, D), jnp.float32))
@@ -345,9 +341,9 @@ class VectorQuantizer(nn.Module):
         xs = jax.lax.stop_gradient(flat)  # statistics never carry gradients
 
         if train and not self.is_initializing():
-            if not self.is_mutable_collection("vq_stats"):
-                raise ValueError("train=True requires apply(..., mutable=['vq_stats'])")
-            codebook, codes, n_reset = self._train_update(xs, w, self.make_rng("vq"),
+            if not self.is_mutable_collection(STATS):
+                raise ValueError(f"train=True requires apply(..., mutable=[{STATS!r}])")
+            codebook, codes, n_reset = self._train_update(xs, w, self.make_rng(RNG),
                                                           init_codebooks)
         else:
             codebook = self.codebook.value

@@ -17,8 +17,11 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from audiolm_jax.layers.transformer import legacy_renames
 
 
 class _IteratorSnapshot:
@@ -76,8 +79,23 @@ class Checkpointer:
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-        """Restores ``state`` shaped/sharded like ``abstract_state`` (ShapeDtypeStructs)."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        """Restores ``state`` shaped/sharded like ``abstract_state`` (ShapeDtypeStructs).
+
+        A checkpoint written with older parameter names (see :func:`upgrade_tree`) is read as
+        saved, renamed and reshaped onto ``abstract_state``."""
+        wanted = {leaf_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract_state)}
+        if wanted - set(self._saved_names(step)):
+            return self._restore_renamed(step, abstract_state, data_iterator)
+        return self._restore_items(step, ocp.args.StandardRestore(abstract_state), data_iterator)
+
+    def _saved_names(self, step: int) -> set:
+        meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        return {leaf_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+    def _restore_items(self, step: int, state_args: Any, data_iterator: Any | None) -> Any:
+        items = {"state": state_args}
         snapshot = _IteratorSnapshot()
         has_data = data_iterator is not None and (self.directory / str(step) / "data").is_dir()
         if has_data:
@@ -87,14 +105,39 @@ class Checkpointer:
             data_iterator.set_state(_from_jsonable(json.loads(snapshot.state)))
         return restored["state"]
 
-    def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-        """{dotted leaf name: shape} of the state saved at ``step`` (read from metadata only)."""
+    def _restore_renamed(self, step: int, abstract_state: Any, data_iterator: Any | None):
+        raw = jax.device_get(self._restore_items(step, ocp.args.StandardRestore(),
+                                                 data_iterator))
+        flat = upgrade_flat({leaf_name(p): v for p, v in
+                             jax.tree_util.tree_leaves_with_path(raw)},
+                            lambda arrays: np.stack(arrays, axis=1))
+
+        def place(path, target):
+            name = leaf_name(path)
+            if name not in flat:
+                raise ValueError(f"{self.directory / str(step)}: the checkpoint holds no "
+                                 f"{name!r} (written by another model?)")
+            value = np.asarray(flat[name]).reshape(target.shape).astype(target.dtype)
+            return jax.device_put(value, getattr(target, "sharding", None))
+
+        return jax.tree_util.tree_map_with_path(place, abstract_state)
+
+    def saved_shapes(self, step: int, like: dict | None = None) -> dict[str, tuple[int, ...]]:
+        """{dotted leaf name: shape} of the state saved at ``step`` (read from metadata only),
+        under today's names (:func:`upgrade_flat`); a renamed leaf reports the shape of the
+        same name in ``like`` ({name: shape}, the model's) when its size is the same."""
         # Read straight from the step folder: a fresh manager knows no handlers for its items.
         meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
-        return {leaf_name(path): tuple(meta.shape)
-                for path, meta in jax.tree_util.tree_leaves_with_path(tree)}
+        saved = {leaf_name(path): tuple(meta.shape)
+                 for path, meta in jax.tree_util.tree_leaves_with_path(tree)}
+        upgraded = upgrade_flat(saved, lambda shapes: (shapes[0][0], len(shapes)) + shapes[0][1:])
+        for name, shape in upgraded.items():
+            if (name not in saved and like and name in like
+                    and np.prod(like[name]) == np.prod(shape)):
+                upgraded[name] = tuple(like[name])
+        return upgraded
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -121,3 +164,18 @@ def leaf_name(path: tuple) -> str:
         else:
             parts.append(str(key))
     return ".".join(parts)
+
+
+def upgrade_flat(flat: dict, stack) -> dict:
+    """A ``{dotted leaf name: value}`` map written by an older version, with today's names:
+    Mimi's transformer layers before the shared transformer (:func:`legacy_renames`). A leaf
+    made of several old ones is ``stack(values)``; renamed kernels keep their old (flattened)
+    shape, which the caller reshapes onto the model's. ``flat`` itself when nothing is old."""
+    renames = legacy_renames(flat)
+    if not renames:
+        return flat
+    used = {old for olds in renames.values() for old in olds}
+    out = {name: value for name, value in flat.items() if name not in used}
+    for new, olds in renames.items():
+        out[new] = flat[olds[0]] if len(olds) == 1 else stack([flat[o] for o in olds])
+    return out

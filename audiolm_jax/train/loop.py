@@ -1,14 +1,15 @@
 """The one training loop that codec and language-model training share.
 
-A *task* supplies what differs: ``init_state(rng)`` (pure; weights may carry logical-axis
-boxes), ``train_step(state, batch) -> (state, metrics)`` (pure), ``prepare_batch(host_batch)``
-and optionally ``init_step(state, batch) -> state`` (run once on the first batch of a fresh
-run, e.g. k-means codebook init) and ``write_samples(state, step, workdir, writer)``. The loop owns the mesh,
-shardings, compilation, checkpoints, metrics (TensorBoard and ``metrics.jsonl`` with a
-fingerprint of each step's batch), progress bar, the NaN guard and preemption: on SIGTERM the
-in-flight step completes, a checkpoint of that step is written and waited for, and
-:class:`Preempted` is raised (the CLI exits with :data:`EXIT_PREEMPTED`). Running the same
-command again resumes from it.
+A *task* (:class:`audiolm_jax.train.task.Task`) supplies what differs: ``init_state(rng)``
+(pure; weights may carry logical-axis boxes), ``train_step(state, batch) -> (state, metrics)``
+(pure), ``prepare_batch(host_batch)``, and optionally ``init_step(state, batch) -> state`` (run
+once on the first batch of a fresh run, e.g. k-means codebook init), ``write_samples(state,
+step, workdir, writer)`` and ``program``, the name its compiled step has for platform tuning
+(:mod:`audiolm_jax.runtime.xla_options`). The loop owns the mesh, shardings, compilation,
+checkpoints, metrics (TensorBoard and ``metrics.jsonl`` with a fingerprint of each step's
+batch), progress bar, the NaN guard and preemption: on SIGTERM the in-flight step completes, a
+checkpoint of that step is written and waited for, and :class:`Preempted` is raised (the CLI
+exits with :data:`EXIT_PREEMPTED`). Running the same command again resumes from it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,23 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
+from audiolm_jax import workdir as workdir_lib
+from audiolm_jax.errors import ConfigError
+from audiolm_jax.runtime import xla_options
 from audiolm_jax.train import mesh as mesh_lib
 from audiolm_jax.train.checkpoint import Checkpointer, leaf_name
 from audiolm_jax.train.preemption import PreemptionWatch
 from audiolm_jax.train.step_log import StepLog, batch_fingerprint
+from audiolm_jax.train.task import Task, overrides
 from audiolm_jax.train.writers import MetricWriter
 
 # The CLI's exit status after a preemption checkpoint: EX_TEMPFAIL ("try again later"), so a
@@ -51,11 +57,9 @@ class Preempted(Exception):
 def check_checkpoint_shapes(checkpointer: Checkpointer, step: int, abstract: Any) -> None:
     """Refuses to restore a checkpoint whose arrays have other shapes than this config's model,
     naming the first leaves that differ (the config-level check names the config keys)."""
-    from audiolm_jax.config_check import ConfigError
-
-    saved = checkpointer.saved_shapes(step)
     wanted = {leaf_name(path): tuple(leaf.shape)
               for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    saved = checkpointer.saved_shapes(step, like=wanted)
     diffs = [f"{name} {saved[name]} -> {shape}" for name, shape in wanted.items()
              if name in saved and saved[name] != shape]
     diffs += [f"{name} is new" for name in wanted if name not in saved]
@@ -65,12 +69,6 @@ def check_checkpoint_shapes(checkpointer: Checkpointer, step: int, abstract: Any
         raise ConfigError(
             f"the checkpoint at step {step} in {checkpointer.directory} holds a model of another "
             f"shape: {'; '.join(diffs[:5])}{more}; use a new --workdir")
-
-
-class Task(Protocol):
-    def init_state(self, rng: jax.Array) -> Any: ...
-    def train_step(self, state: Any, batch: Any) -> tuple[Any, dict]: ...
-    def prepare_batch(self, host_batch: Any) -> Any: ...
 
 
 def strip_boxes(tree: Any) -> Any:
@@ -92,7 +90,7 @@ def abstract_state(task: Task, mesh, rng) -> tuple[Any, Any]:
 
 
 def compile_init_step(task: Task, state_shardings, mesh) -> Callable | None:
-    if not hasattr(task, "init_step"):
+    if not overrides(task, "init_step"):
         return None
     return jax.jit(task.init_step,
                    in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh, 1)),
@@ -106,8 +104,8 @@ def compile_step(task: Task, state_shardings, mesh) -> Callable:
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
-        # A task may ask for backend options (the LM: CPU matmul kernels, xla_options.py).
-        compiler_options=task.compiler_options() if hasattr(task, "compiler_options") else None)
+        # Platform tuning, chosen by the runtime for the program the task names.
+        compiler_options=xla_options.compiler_options(task.program))
 
 
 def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = None,
@@ -127,9 +125,7 @@ def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = Non
 def restore_for_inference(task: Task, workdir: str, step: int | None = None,
                           what: str = "model") -> tuple[Any, int]:
     """(state, step) of a workdir's latest (or given) checkpoint, on one device."""
-    import ml_collections
-
-    checkpointer = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), async_save=False)
+    checkpointer = Checkpointer(workdir_lib.checkpoints_dir(workdir), async_save=False)
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train the {what} first")
@@ -180,9 +176,9 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
     sample_every = int(tcfg.get("sample_every", 0) or 0)
     mesh = mesh_lib.make_mesh(config.mesh)
     workdir = os.fspath(workdir)  # may be gs://...: join with '/', never os.path.abspath
-    writer = writer or MetricWriter(os.path.join(workdir, "tensorboard"))
+    writer = writer or MetricWriter(workdir_lib.tensorboard_dir(workdir))
     step_log = StepLog(workdir)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+    checkpointer = Checkpointer(workdir_lib.checkpoints_dir(workdir),
                                 max_to_keep=int(tcfg.get("keep_checkpoints", 3)),
                                 async_save=bool(tcfg.get("async_checkpoints", True)))
     history: list[dict] = []
@@ -232,8 +228,7 @@ def train_loop(task: Task, config: Any, workdir: str, data_iterator: Iterator,
                         last_saved = step
                     if preempted:
                         break
-                    if (sample_every and step % sample_every == 0
-                            and hasattr(task, "write_samples")):
+                    if sample_every and step % sample_every == 0:
                         task.write_samples(state, step, workdir, writer)
                     bar.update(1)
         finally:

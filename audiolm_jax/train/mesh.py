@@ -34,6 +34,17 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("conv_out", None),
     ("codebook", None),
+    # Activations have names of their own (as MaxText's ``activation_*``), so a rule for a
+    # weight axis never reshards the residual stream by accident.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("activation_levels", None),
+    ("steps", None),
 )
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
+
+from audiolm_jax.train.loop import train_loop
+from audiolm_jax.train.mesh import resolve_mesh_shape
+from audiolm_jax.train.writers import MetricWriter
+from audiolm_jax.vqvae.data import load_images, make_train_iterator
+from audiolm_jax.vqvae.task import VQVAETask
+from audiolm_jax.workdir import samples_dir, save_config, tensorboard_dir
 
 
 def check_vqvae_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
     """Clear errors for the config mistakes that would otherwise fail deep inside jit."""
-    from audiolm_jax.train.mesh import resolve_mesh_shape
-
     if config.get("task", "vqvae") != "vqvae":
         raise ValueError(f"config key 'task' is {config.task!r}, expected 'vqvae'")
     data, fsdp, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
@@ -41,19 +46,10 @@ def train_vqvae(config: Any, workdir: str,
     run was already complete). ``train_data`` / ``eval_data`` = (images [N, 28, 28] in [0, 1],
     labels [N]) replace the configured dataset (tests, notebooks).
     """
-    import jax
-
-    from audiolm_jax.train.loop import train_loop
-    from audiolm_jax.train.writers import MetricWriter
-    from audiolm_jax.vqvae.data import load_images, make_train_iterator
-    from audiolm_jax.vqvae.task import VQVAETask
-
     check_vqvae_config(config, jax.device_count(), jax.process_count())
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
-                    else json.dumps(dict(config), default=str, indent=2))
+        save_config(config, workdir)
     iterator = make_train_iterator(config, train_data)
     if eval_data is None:
         eval_data = load_images(config, "eval")
@@ -61,7 +57,7 @@ def train_vqvae(config: Any, workdir: str,
     if num_eval:
         eval_data = (eval_data[0][:num_eval], eval_data[1][:num_eval])
     task = VQVAETask(config, eval_data=eval_data)
-    writer = MetricWriter(os.path.join(workdir, "tensorboard"))
+    writer = MetricWriter(tensorboard_dir(workdir))
     try:
         state, history = train_loop(task, config, workdir, iterator, writer=writer)
         step = int(jax.device_get(state.step))
@@ -72,4 +68,4 @@ def train_vqvae(config: Any, workdir: str,
         writer.close()
     last = history[-1] if history else {}
     return {"workdir": workdir, "step": step, "loss": last.get("loss"), "recon_mse": recon_mse,
-            "samples_dir": os.path.join(workdir, "samples", f"step_{step:07d}")}
+            "samples_dir": samples_dir(workdir, step)}

@@ -17,10 +17,15 @@ import numpy as np
 import optax
 from flax import struct
 
+from audiolm_jax.quantization import RNG, STATS, quantizer_config
+from audiolm_jax.quantization.init import kmeans_init_stats
 from audiolm_jax.train.optim import make_optimizer
+from audiolm_jax.train.task import Task
+from audiolm_jax.vqvae.data import class_name
 from audiolm_jax.vqvae.model import build_model
+from audiolm_jax.workdir import samples_dir
 
-VQ_RNG = "vq"
+VQ_RNG = RNG
 
 
 def _tree_norm(tree: Any) -> jax.Array:
@@ -39,13 +44,18 @@ class VQVAEState:
     rng: jnp.ndarray
 
 
-class VQVAETask:
+class VQVAETask(Task):
     """Init, train step, evaluation and sample plots of the MLP (VQ-)autoencoder."""
 
+    name = "vqvae"
+    program = "vqvae_train"
+    inference_keys = ("params", STATS)
+
     def __init__(self, config: Any, eval_data: tuple[np.ndarray, np.ndarray] | None = None):
-        self.config = config
+        super().__init__(config)
         self.model = build_model(config)
         self.quantize = bool(config.model.get("quantize", True))
+        self.has_stats = quantizer_config(config.quantizer).has_stats
         self.num_levels = int(config.quantizer.num_levels)
         self.optimizer, self.schedule = make_optimizer(config.optim, int(config.train.num_steps))
         self.eval_data = eval_data
@@ -60,7 +70,7 @@ class VQVAETask:
                                     jnp.zeros((1, h, w), jnp.float32), train=False)
         params = variables["params"]
         return VQVAEState(step=jnp.zeros((), jnp.int32), params=params,
-                          vq_stats=variables["vq_stats"],
+                          vq_stats=variables.get(STATS, {}),
                           opt_state=self.optimizer.init(nn.meta.unbox(params)), rng=k_state)
 
     def prepare_batch(self, host_batch: Any) -> dict:
@@ -69,10 +79,8 @@ class VQVAETask:
     # ---------------------------------------------------------------- step
     def init_step(self, state: VQVAEState, batch: dict) -> VQVAEState:
         """k-means codebook init on the first batch, before step 1 (see the codec task)."""
-        if not self.quantize:
+        if not (self.quantize and self.has_stats):
             return state
-        from audiolm_jax.quantization.init import kmeans_init_stats
-
         return state.replace(vq_stats=kmeans_init_stats(
             self.model, state.params, state.vq_stats, batch["image"],
             jax.random.fold_in(state.rng, 1)))
@@ -84,11 +92,12 @@ class VQVAETask:
 
         def loss_fn(params):
             out, mutated = self.model.apply(
-                {"params": params, "vq_stats": state.vq_stats}, images, train=True,
-                init_codebooks=False, rngs={VQ_RNG: k_vq}, mutable=["vq_stats"])
+                {"params": params, STATS: state.vq_stats}, images, train=True,
+                init_codebooks=False, rngs={VQ_RNG: k_vq},
+                mutable=[STATS] if self.has_stats else [])
             recon = jnp.mean((out["recon"] - images) ** 2)
             loss = recon + commit_w * out["commit_loss"]
-            return loss, (recon, out, mutated["vq_stats"])
+            return loss, (recon, out, mutated.get(STATS, state.vq_stats))
 
         (loss, (recon, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
@@ -106,11 +115,11 @@ class VQVAETask:
 
     # ---------------------------------------------------------------- eval
     def _apply_eval(self, params, vq_stats, images, n_levels=None):
-        return self.model.apply({"params": params, "vq_stats": vq_stats}, images, train=False,
+        return self.model.apply({"params": params, STATS: vq_stats}, images, train=False,
                                 n_levels=n_levels)
 
     def _get_codebooks(self, params, vq_stats):
-        return self.model.apply({"params": params, "vq_stats": vq_stats},
+        return self.model.apply({"params": params, STATS: vq_stats},
                                 method=lambda m: m.codebooks())
 
     def forward(self, state: VQVAEState, images: np.ndarray, n_levels: int | None = None) -> dict:
@@ -137,7 +146,7 @@ class VQVAETask:
         if self.eval_data is None or jax.process_index() != 0:
             return []
         images, labels = self.eval_data
-        outdir = os.path.join(workdir, "samples", f"step_{int(step):07d}")
+        outdir = samples_dir(workdir, step)
         os.makedirs(outdir, exist_ok=True)
         out = self.forward(state, images)
         cbs = self.codebooks(state) if self.quantize else None
@@ -175,8 +184,6 @@ def save_latent_scatter(path: str, latents: np.ndarray, labels: np.ndarray,
     One panel per codebook view: level-0 centres, and (for RVQ) every level-0 + level-1 sum.
     Only the first two latent dimensions are drawn.
     """
-    from audiolm_jax.vqvae.data import class_name
-
     plt = _pyplot()
     latents = np.asarray(latents)[:, :2]
     views = [("latents", None)]

@@ -2,8 +2,7 @@
 from the transformers and Kyutai layouts, and frame-by-frame streaming."""
 
 from audiolm_jax.codec.mimi.networks import (MimiDecoder, MimiEncoder, make_mimi_encoder_decoder,
-                                             mimi_hop_length)
-from audiolm_jax.codec.mimi.transformer import MimiTransformer
+                                             mimi_hop_length, transformer_config)
 
-__all__ = ["MimiEncoder", "MimiDecoder", "MimiTransformer", "make_mimi_encoder_decoder",
-           "mimi_hop_length"]
+__all__ = ["MimiEncoder", "MimiDecoder", "make_mimi_encoder_decoder", "mimi_hop_length",
+           "transformer_config"]

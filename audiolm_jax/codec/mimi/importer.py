@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from audiolm_jax.quantization import STATS
+
 HF_LAYOUT = "transformers"
 KYUTAI_LAYOUT = "kyutai"
 
@@ -304,15 +306,25 @@ def seanet_table(ratios: tuple, n_res: int, true_skip: bool, hf_prefix: str, our
     return table
 
 
-def transformer_table(num_layers: int, hf_prefix: str, ours: tuple) -> dict:
+def transformer_table(num_layers: int, heads: int, hf_prefix: str, ours: tuple) -> dict:
+    """Entries for one transformer stack; its fused qkv kernel reads three tensors."""
+
+    def qkv(q, k, v):  # three torch Linear [H*D, W] -> ours [W, 3, H, D]
+        W = q.shape[1]
+        return np.stack([q.T, k.T, v.T], axis=1).reshape(W, 3, heads, -1)
+
+    def out(o):  # torch Linear [W, H*D] -> ours [H, D, W]
+        return o.T.reshape(heads, -1, o.shape[0])
+
     table = {}
     for l in range(num_layers):
-        src, dst = f"{hf_prefix}.layers.{l}.", ours + (f"layers_{l}",)
-        for name in ("q", "k", "v", "o"):
-            table[dst + ("attn", name)] = (src + f"self_attn.{name}_proj.weight", _linear)
-        table[dst + ("fc1",)] = (src + "mlp.fc1.weight", _linear)
-        table[dst + ("fc2",)] = (src + "mlp.fc2.weight", _linear)
-        for norm, hf_norm in (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
+        src, dst = f"{hf_prefix}.layers.{l}.", ours + (f"blocks_{l}",)
+        table[dst + ("attn", "qkv_kernel")] = (
+            tuple(src + f"self_attn.{n}_proj.weight" for n in "qkv"), qkv)
+        table[dst + ("attn", "out_kernel")] = (src + "self_attn.o_proj.weight", out)
+        table[dst + ("mlp", "in_kernel")] = (src + "mlp.fc1.weight", _linear)
+        table[dst + ("mlp", "out_kernel")] = (src + "mlp.fc2.weight", _linear)
+        for norm, hf_norm in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
             table[dst + (norm, "scale")] = (src + hf_norm + ".weight", _same)
             table[dst + (norm, "bias")] = (src + hf_norm + ".bias", _same)
         table[dst + ("attn_scale",)] = (src + "self_attn_layer_scale.scale", _same)
@@ -330,10 +342,11 @@ def param_table(config: Any) -> dict:
                               ("encoder", "seanet"), decoder=False))
     table.update(seanet_table(ratios, n_res, skip, "decoder.decoder_seanet.layers",
                               ("decoder", "seanet"), decoder=True))
-    layers = int(m.transformer_layers)
+    layers, heads = int(m.transformer_layers), int(m.transformer_heads)
     if layers:
-        table.update(transformer_table(layers, "encoder.encoder_transformer", ("encoder", "transformer")))
-        table.update(transformer_table(layers, "decoder.decoder_transformer", ("decoder", "transformer")))
+        for side in ("encoder", "decoder"):
+            table.update(transformer_table(layers, heads, f"{side}.{side}_transformer",
+                                           (side, "transformer")))
     if int(m.frame_downsample) > 1:
         table[("encoder", "downsample", "kernel")] = ("encoder.downsample.conv.weight", _conv)
         groups = dim if m.upsample_channelwise else 1
@@ -367,7 +380,12 @@ def build_variables(tensors: dict, config: Any, abstract: dict, path: str) -> tu
         if names not in table:
             raise MimiImportError(f"internal: no source tensor for parameter {'/'.join(names)}")
         name, convert = table[names]
-        value = convert(_take(tensors, name, path))
+        sources = name if isinstance(name, tuple) else (name,)
+        arrays = [_take(tensors, n, path) for n in sources]
+        try:
+            value = convert(*arrays)
+        except ValueError:  # a reshape of a tensor of the wrong size
+            value = np.concatenate([a.ravel() for a in arrays])
         if value.shape != tuple(leaf.shape):
             raise MimiImportError(
                 f"{path}: tensor {name!r} has the wrong shape for this config "
@@ -389,7 +407,7 @@ def build_variables(tensors: dict, config: Any, abstract: dict, path: str) -> tu
                 "embed_sum": jnp.asarray(embed_sum), "codebook": jnp.asarray(codebook),
                 "step": jnp.array(0, jnp.int32)}
 
-    q = abstract["vq_stats"]["quantizer"]
+    q = abstract[STATS]["quantizer"]
     vq_stats = {"quantizer": {}}
     for ours, hf in (("semantic", "semantic"), ("acoustic", "acoustic")):
         if ours not in q:
@@ -450,10 +468,10 @@ def _hop(config) -> int:
 
 def write_workdir(config: Any, params: dict, vq_stats: dict, workdir: str) -> str:
     """``config.json`` + a step-0 ``CodecState`` checkpoint; returns the checkpoint folder."""
-    from audiolm_jax.codec.inference import save_config
     from audiolm_jax.codec.task import CodecState, CodecTask
     from audiolm_jax.train.checkpoint import Checkpointer
     from audiolm_jax.train.loop import strip_boxes
+    from audiolm_jax.workdir import save_config
 
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
             os.path.join(workdir, "checkpoints")):

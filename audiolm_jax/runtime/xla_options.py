@@ -1,4 +1,10 @@
-"""Per-program XLA:CPU compiler options for the LM's training step and samplers.
+"""Per-program XLA:CPU compiler options, chosen by the program's name.
+
+Each compiled program that may be tuned has a name (``PROGRAMS``: ``lm_train`` for the LM's
+training step, ``lm_sample`` for its samplers, ...); the code that compiles it asks
+``compiler_options(name)`` and passes the answer to ``jax.jit``. The table below is the whole
+choice, so it can be read and changed in one place, and ``AUDIOLM_JAX_CPU_KERNELS=default``
+turns all of it off.
 
 XLA:CPU can hand matrix multiplications to one of several kernel libraries (YNNPACK by
 default in jaxlib 0.10, XNNPACK, oneDNN). Which is fastest depends on the shapes: measured
@@ -31,30 +37,42 @@ import jax.numpy as jnp
 _DOT = "LIBRARY_FUSION_TYPE_DOT"
 _ELTWISE = "LIBRARY_FUSION_TYPE_ELTWISE"
 
-_OPTIONS = {
-    "train": {"xla_cpu_experimental_ynn_fusion_type": "",
-              "xla_cpu_experimental_xnn_fusion_type": f"{_DOT},{_ELTWISE}"},
-    "sample": {"xla_cpu_experimental_ynn_fusion_type": "",
-               "xla_cpu_experimental_onednn_fusion_type": _DOT},
+# Option sets by name: which kernel library XLA:CPU hands each kind of fusion to.
+OPTION_SETS = {
+    "xnnpack": {"xla_cpu_experimental_ynn_fusion_type": "",
+                "xla_cpu_experimental_xnn_fusion_type": f"{_DOT},{_ELTWISE}"},
+    "onednn_dot": {"xla_cpu_experimental_ynn_fusion_type": "",
+                   "xla_cpu_experimental_onednn_fusion_type": _DOT},
+}
+
+# Each named program's option set on an x86-64 CPU: (without AVX-512, with AVX-512).
+# None: XLA's defaults.
+PROGRAMS = {
+    "lm_train": ("xnnpack", "xnnpack"),
+    "lm_sample": ("onednn_dot", None),
+    "codec_train": (None, None),
+    "vqvae_train": (None, None),
 }
 
 
-def lm_cpu_options(kind: str) -> dict | None:
-    """Compiler options for an LM program of ``kind`` ('train' or 'sample'), or None (use
-    XLA's defaults) off CPU, off x86-64, or when ``AUDIOLM_JAX_CPU_KERNELS=default``."""
-    if kind not in _OPTIONS:
-        raise ValueError(f"kind must be one of {sorted(_OPTIONS)}, got {kind!r}")
-    if not cpu_tuning_enabled():
+def compiler_options(program: str | None) -> dict | None:
+    """The compiler options of the program named ``program`` (a key of ``PROGRAMS``), or None
+    (XLA's defaults): for ``None``, off CPU, off x86-64, where the table says so, or when
+    ``AUDIOLM_JAX_CPU_KERNELS=default``."""
+    if program is None:
+        return None
+    if program not in PROGRAMS:
+        raise ValueError(f"program must be one of {sorted(PROGRAMS)}, got {program!r}")
+    if PROGRAMS[program] == (None, None) or not cpu_tuning_enabled():
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     if jax.default_backend() != "cpu":
         return None
-    if kind == "sample" and _has_avx512():
+    name = PROGRAMS[program][1 if _has_avx512() else 0]
+    if name is None or not _accepted(name):
         return None
-    if not _accepted(kind):
-        return None
-    return dict(_OPTIONS[kind])
+    return dict(OPTION_SETS[name])
 
 
 def cpu_tuning_enabled() -> bool:
@@ -77,11 +95,11 @@ def _has_avx512() -> bool:
 
 
 @functools.cache
-def _accepted(kind: str) -> bool:
-    """Whether this jax/jaxlib compiles with the options (they are experimental XLA flags,
+def _accepted(name: str) -> bool:
+    """Whether this jax/jaxlib compiles with option set ``name`` (experimental XLA flags,
     checked on jax 0.10; another version may not know them): one tiny program, compiled once."""
     try:
-        jax.jit(lambda x: x @ x, compiler_options=_OPTIONS[kind]).lower(
+        jax.jit(lambda x: x @ x, compiler_options=OPTION_SETS[name]).lower(
             jax.ShapeDtypeStruct((8, 8), jnp.float32)).compile()
     except Exception:  # TypeError (old jit signature) or XLA's INVALID_ARGUMENT
         return False

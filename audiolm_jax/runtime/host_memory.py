@@ -11,13 +11,16 @@ pages, ~5,000 faults per step, and the step took 1.28 s instead of 1.58 s.
 A glibc tunable is read once, when the process starts, so the ``audiolm-jax`` command
 re-executes itself with the tunable added (``maybe_reexec``) before doing any work. Nothing
 else changes: same interpreter, arguments, environment and process id. It is skipped where it
-cannot help (not Linux/glibc >= 2.35, THP not in ``madvise`` mode) or when
-``AUDIOLM_JAX_HUGEPAGES=0``; a tunable already set by the user is left as it is.
+cannot help (not Linux/glibc >= 2.35, THP not in ``madvise`` mode, JAX not running on the
+CPU: see :func:`jax_runs_on_cpu`) or when ``AUDIOLM_JAX_HUGEPAGES=0``; a tunable already set by
+the user is left as it is.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pkgutil
 import platform
 import sys
 
@@ -25,6 +28,10 @@ TUNABLE = "glibc.malloc.hugetlb"
 OPT_OUT = "AUDIOLM_JAX_HUGEPAGES"
 _DONE = "AUDIOLM_JAX_HUGEPAGES_REEXEC"  # set in the re-executed process: never loops
 _THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+# Modules whose presence means JAX picks an accelerator over the CPU when JAX_PLATFORMS is unset
+# (besides any module of the ``jax_plugins`` namespace, where JAX discovers PJRT plugins).
+ACCELERATOR_MODULES = ("jax_plugins.xla_cuda12", "jax_cuda12_plugin", "jax_cuda13_plugin",
+                       "libtpu")
 
 
 def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
@@ -51,17 +58,46 @@ def _glibc_version() -> tuple[int, int] | None:
         return None
 
 
+def accelerator_plugin_installed() -> bool:
+    """Whether a JAX accelerator plugin is installed (found, not imported: no JAX import)."""
+    for name in ACCELERATOR_MODULES:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):  # a parent that is not a package, a broken spec
+            continue
+    try:
+        spec = importlib.util.find_spec("jax_plugins")
+    except (ImportError, ValueError):
+        return False
+    locations = spec.submodule_search_locations if spec is not None else None
+    return bool(locations) and any(True for _ in pkgutil.iter_modules(list(locations)))
+
+
+def jax_runs_on_cpu(environ, accelerator_installed=accelerator_plugin_installed) -> bool:
+    """Whether JAX will run this process's programs on the CPU, decided without importing
+    JAX: ``JAX_PLATFORMS`` names the platforms JAX tries, first one first; unset, JAX takes
+    an installed accelerator plugin over the CPU (``accelerator_installed()``)."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not accelerator_installed()
+
+
 def reexec_environment(environ, *, system: str, glibc: tuple[int, int] | None,
-                       thp: str | None) -> dict | None:
+                       thp: str | None, on_cpu: bool) -> dict | None:
     """The environment to re-execute with, or None when no re-exec is wanted.
 
     Pure: the caller passes the environment and what it knows of the host, so each rule is
     testable. ``madvise`` is the only THP mode where the tunable changes anything: under
-    ``always`` every large mapping already gets huge pages, under ``never`` none can.
+    ``always`` every large mapping already gets huge pages, under ``never`` none can. Off the
+    CPU (``on_cpu`` False) the large per-step buffers live in device memory: nothing to gain.
     """
     if environ.get(OPT_OUT, "1") == "0" or environ.get(_DONE):
         return None
     if system != "Linux" or glibc is None or glibc < (2, 35) or thp != "madvise":
+        return None
+    if not on_cpu:
         return None
     if _tunable_value(environ) is not None:
         return None  # the user chose a value: keep it
@@ -77,7 +113,7 @@ def maybe_reexec() -> None:
     here (see the module docstring). Returns only when no re-exec happens. Call it first
     thing in a command's entry point, before any output or threads."""
     env = reexec_environment(os.environ, system=platform.system(), glibc=_glibc_version(),
-                             thp=thp_mode())
+                             thp=thp_mode(), on_cpu=jax_runs_on_cpu(os.environ))
     if env is None:
         return
     argv = [sys.executable] + list(getattr(sys, "orig_argv", sys.argv)[1:])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from audiolm_jax.codec.model import hop_length
+from audiolm_jax.codec.registry import codec_config
 from audiolm_jax.codec.teachers import make_teacher
 from audiolm_jax.errors import ConfigError
-from audiolm_jax.lm.patterns import PATTERN_NAMES
+from audiolm_jax.lm.patterns import layout_names
 from audiolm_jax.quantization import quantizer_config
 from audiolm_jax.train.mesh import resolve_mesh_shape
 
@@ -81,21 +81,31 @@ def check_quantizer(config: Any) -> None:
         raise ConfigError(str(e)) from None
 
 
+def check_codec_model(config: Any) -> None:
+    """The ``model`` section, as its codec kind's typed config validates it (an unknown kind
+    is refused naming the registered ones; codec/registry.py)."""
+    try:
+        codec_config(_get(config, "model"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_codec_config(config: Any, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad key of a codec config."""
     for key in ("train.num_steps", "train.batch_size", "train.checkpoint_every",
                 "data.sample_rate", "data.crop_length"):
         _positive_int(config, key)
     _positive_int(config, "train.seed", allow_zero=True)
-    _choice(config, "model.kind", {"cnn", "seanet", "mimi"})
+    check_codec_model(config)
     check_quantizer(config)
     _number(config, "optim.learning_rate", 0.0, lo_open=True)
     for key in ("loss.spectral_weight", "loss.mel_weight", "loss.l1_weight", "loss.mse_weight",
                 "loss.commit_weight"):
         _number(config, key, 0.0)
-    if config.data.crop_length < hop_length(config):
+    hop = codec_config(config.model).hop_length
+    if config.data.crop_length < hop:
         raise ConfigError(f"config key 'data.crop_length' ({config.data.crop_length}) is shorter "
-                          f"than one codec frame ({hop_length(config)} samples)")
+                          f"than one codec frame ({hop} samples)")
     check_data_source(config, "data.source")
     if "distill" in config:
         check_distill(config)
@@ -149,7 +159,7 @@ def check_lm_config(config: Any, num_devices: int | None = None) -> None:
         _positive_int(config, key)
     for key in ("train.seed", "tokens.num_levels"):  # num_levels 0: all the directory has
         _positive_int(config, key, allow_zero=True)
-    _choice(config, "model.layout", set(PATTERN_NAMES))
+    _choice(config, "model.layout", set(layout_names()))  # the registered layouts
     _choice(config, "model.positions", {"learned", "rope"})
     _choice(config, "model.dtype", {"float32", "bfloat16"})
     if config.model.width % config.model.num_heads:

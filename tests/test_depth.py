@@ -154,10 +154,10 @@ def test_param_count_and_depth_configs_build():
             continue
         task = LMTask(config)  # full size: shapes only
         n = count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).params)
-        assert n == depth_num_params(task.depth_config)
+        assert n == depth_num_params(task.model.config)
         print(f"{os.path.basename(path)}: {n:,} parameters")
         tiny = LMTask(module.get_config("tiny"))
-        assert tiny.depth_config.depth.width == 64
+        assert tiny.model.config.depth.width == 64
         assert tiny.model_config.num_levels == task.model_config.num_levels  # streams x levels
         built += 1
     assert built >= 1  # configs/lm/depth.py at least

@@ -34,8 +34,9 @@ GREEDY = dict(temperature=0.0)
 @pytest.mark.parametrize("layout", ["flat", "parallel", "delay", "depth"])
 def test_sliding_window_continues_past_the_context(layout):
     task, params = make_task(layout)
-    window = task.context // task.rows if task.flat else \
-        task.context - task.max_delay
+    window = task.context // task.rows if layout == "flat" else \
+        task.context - task.pattern.max_delay
+    assert task.window_frames == window
     prompt = random_codes((1, 2, 5))
     new = 3 * window  # several windows
     before = generate_cache_size()

@@ -7,22 +7,36 @@ data.source ('synthetic', a folder path, or 'tfds:NAME'), mesh.data, mesh.fsdp, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from audiolm_jax.codec.networks import CNNConfig, MimiConfig, SEANetConfig
 from audiolm_jax.quantization import quantizer_section
+
+# The ``model`` keys of the base config, at their kinds' defaults (codec/networks.py), so
+# --config.model.kind=seanet is one override. Saved workdirs hold exactly these keys: a key
+# added here would read as a change when such a run resumes.
+_BASE_CNN_KEYS = ("channels", "latent_dim", "num_blocks", "res_blocks", "double_residual_quirk")
+_BASE_SEANET_KEYS = ("n_filters", "ratios", "dimension", "n_residual_layers", "dilation_base",
+                     "kernel_size", "residual_kernel_size", "last_kernel_size", "compress",
+                     "causal", "true_skip", "weight_norm")
+
+
+def _defaults(config_cls, keys=None) -> dict:
+    """A kind's default settings (``keys`` of them, in that order; all when None)."""
+    values = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    return values if keys is None else {k: values[k] for k in keys}
 
 
 def base_codec_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "codec"
-    # The article's CNN codec (nanoGPTaudio): 7 stride-2 blocks, 32 channels, 32-d latents.
+    # The article's CNN codec (nanoGPTaudio): 7 stride-2 blocks, 32 channels, 32-d latents;
+    # and SEANet's keys (used when kind == 'seanet').
     c.model = ml_collections.ConfigDict(dict(
-        kind="cnn", channels=32, latent_dim=32, num_blocks=7, res_blocks=4,
-        double_residual_quirk=False,
-        # SEANet keys (used when kind == 'seanet').
-        n_filters=32, ratios=(8, 5, 4, 2), dimension=128, n_residual_layers=1,
-        dilation_base=2, kernel_size=7, residual_kernel_size=3, last_kernel_size=7,
-        compress=2, causal=True, true_skip=True, weight_norm=True))
+        kind="cnn", **_defaults(CNNConfig, _BASE_CNN_KEYS),
+        **_defaults(SEANetConfig, _BASE_SEANET_KEYS)))
     # Every quantizer kind's settings at their defaults (quantization/: one dataclass per
     # kind), so any of them is one override away: --config.quantizer.kind=fsq.
     c.quantizer = ml_collections.ConfigDict(quantizer_section("rvq"))
@@ -97,34 +111,20 @@ def mimi_config(num_codebooks: int = 8) -> ml_collections.ConfigDict:
     levels of 2048 codes). ``import-mimi`` writes this config beside the imported weights;
     ``configs/codec/mimi.py`` adds the training recipe on top of it.
 
-    Model keys (``model.kind == 'mimi'``): the SEANet keys as for 'seanet', plus
-    ``transformer_layers``, ``transformer_heads``, ``transformer_ffn_dim``,
-    ``transformer_context`` (frames each position attends to, itself included),
-    ``rope_max_period``, ``layer_scale`` (initial value), ``norm_eps``,
-    ``frame_downsample`` (stride of the learned conv after the encoder transformer; 1 = none)
-    and ``upsample_channelwise`` (the decoder's transposed conv has groups = dimension, as in
-    the release).
+    Model keys (``model.kind == 'mimi'``): those of ``codec/networks.py:MimiConfig``, whose
+    defaults are the release's: the SEANet keys as for 'seanet', plus ``transformer_layers``,
+    ``transformer_heads``, ``transformer_ffn_dim``, ``transformer_context`` (frames each
+    position attends to, itself included), ``rope_max_period``, ``layer_scale`` (initial
+    value), ``norm_eps``, ``frame_downsample`` (stride of the learned conv after the encoder
+    transformer; 1 = none) and ``upsample_channelwise`` (the decoder's transposed conv has
+    groups = dimension, as in the release).
     """
     if not 2 <= int(num_codebooks) <= 32:  # the semantic level plus at least one acoustic
         raise ValueError(f"num_codebooks must be in [2, 32], got {num_codebooks}")
     c = base_codec_config()
     c.train.name = "mimi"
-    c.model.update(
-        kind="mimi", n_filters=64, ratios=(8, 6, 5, 4), dimension=512, n_residual_layers=1,
-        dilation_base=2, kernel_size=7, residual_kernel_size=3, last_kernel_size=3, compress=2,
-        causal=True, true_skip=True, weight_norm=False)
-    c.model.pad_mode = "constant"
-    c.model.activation = "elu"
-    c.model.trim_right_ratio = 1.0
-    c.model.transformer_layers = 8
-    c.model.transformer_heads = 8
-    c.model.transformer_ffn_dim = 2048
-    c.model.transformer_context = 250
-    c.model.rope_max_period = 10000.0
-    c.model.layer_scale = 0.01
-    c.model.norm_eps = 1e-5
-    c.model.frame_downsample = 2
-    c.model.upsample_channelwise = True
+    for key, value in dict(kind="mimi", **_defaults(MimiConfig)).items():
+        setattr(c.model, key, value)  # the SEANet keys update, the others are added
     # Mimi's quantizer: the semantic level and the acoustic levels both quantize the same
     # 512-d latent through 1x1 projections to 256-d codebooks; relative dead-code rule.
     c.quantizer.update(

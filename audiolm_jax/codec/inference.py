@@ -13,6 +13,7 @@ from absl import logging
 from audiolm_jax.codec import losses, metrics
 from audiolm_jax.codec.mimi.streaming import MimiStreamer
 from audiolm_jax.codec.model import bitrate_bps, build_codec, frame_rate, hop_length
+from audiolm_jax.codec.registry import codec_config
 from audiolm_jax.codec.weights import load_codec_weights
 from audiolm_jax.data.audio_io import AudioDecodeError, load_audio
 from audiolm_jax.quantization import STATS, quantizer_config
@@ -27,8 +28,9 @@ class LoadedCodec:
 
     * convolutional codecs: each chunk is encoded with enough audio on both sides to cover
       the encoder's receptive field (measured once, see :meth:`receptive_field_frames`);
-    * Mimi: the streaming encoder (:class:`~audiolm_jax.codec.mimi.streaming.MimiStreamer`),
-      whose carried state makes the chunks exact however far its transformer looks back.
+    * a kind whose networks stream (its config's ``streams``: Mimi): the streaming encoder
+      (:class:`~audiolm_jax.codec.mimi.streaming.MimiStreamer`), whose carried state makes
+      the chunks exact however far its transformer looks back.
     """
 
     def __init__(self, config: Any, params: Any, vq_stats: Any, step: int,
@@ -40,6 +42,7 @@ class LoadedCodec:
         self.params, self.vq_stats, self.step = params, vq_stats, step
         self.sample_rate = int(config.data.sample_rate)
         self.hop_length = hop_length(config)
+        self.kind = codec_config(config.model)  # the codec kind's typed config
         self.num_levels = int(config.quantizer.num_levels)
         self.codebook_size = int(quantizer_config(config.quantizer).codebook_size)
         self.frame_rate = frame_rate(config)
@@ -68,7 +71,7 @@ class LoadedCodec:
         audio = np.asarray(audio, np.float32)
         frames = math.ceil(len(audio) / self.hop_length)
         total = self._bucket(len(audio)) // self.hop_length  # frames after padding
-        if self.config.model.kind == "mimi":
+        if self.kind.streams:
             if total > self.chunk_frames:
                 return self._encode_streaming(audio, frames)
         elif total > self.chunk_frames:  # the field is only measured for long inputs
@@ -154,13 +157,11 @@ class LoadedCodec:
         return self._streamer
 
     def _streaming_step(self) -> int:
-        """Code frames per streaming call: ``chunk_frames``, at most the transformer's
-        context (its key/value ring buffer holds that many positions)."""
-        m = self.config.model
-        if not int(m.transformer_layers):
-            return self.chunk_frames
-        context = int(m.transformer_context) // max(1, int(m.get("frame_downsample", 2)))
-        return max(1, min(self.chunk_frames, context))
+        """Code frames per streaming call: ``chunk_frames``, at most what the kind's streaming
+        mode takes at once (Mimi: its transformer's context, the positions its key/value ring
+        buffer holds)."""
+        limit = self.kind.max_stream_frames
+        return self.chunk_frames if limit is None else max(1, min(self.chunk_frames, limit))
 
     def _encode_streaming(self, audio: np.ndarray, frames: int) -> np.ndarray:
         """Mimi: the streaming encoder over chunks of whole frames (no longer than its
@@ -188,7 +189,7 @@ class LoadedCodec:
         bucket = self._bucket(frames * self.hop_length) // self.hop_length
         padded = np.zeros((bucket, codes.shape[0]), np.int32)
         padded[:frames] = codes.T
-        if self.config.model.kind == "mimi":
+        if self.kind.streams:
             if bucket > self.chunk_frames:
                 return self._decode_streaming(padded, frames)
         elif bucket > self.chunk_frames:

@@ -1,7 +1,9 @@
 """A codec: encoder → residual quantizer → decoder, with pure ``encode``/``decode``.
 
-Waveforms are [B, T] float32. ``encode`` pads T up to a whole number of frames and returns
-integer codes [B, frames, levels]; ``decode`` returns frames * hop_length samples.
+Waveforms are [B, T] float32. ``encode`` pads T up to a whole number of frames (unless the
+kind's encoder pads a partial frame itself) and returns integer codes [B, frames, levels];
+``decode`` returns frames * hop_length samples. The encoder and decoder are those of the kind
+``config.model`` names (``codec/registry.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from audiolm_jax.codec.networks import make_encoder_decoder
+from audiolm_jax.codec.registry import build_encoder_decoder, codec_config
 from audiolm_jax.quantization import make_quantizer, quantizer_config
 
 
@@ -25,13 +27,15 @@ class Codec(nn.Module):
     quantizer_cfg: ml_collections.FrozenConfigDict
 
     def setup(self):
-        self.encoder, self.decoder, self.hop_length, self.latent_dim = make_encoder_decoder(
-            self.model_cfg)
+        kind = codec_config(self.model_cfg)
+        self.encoder, self.decoder = build_encoder_decoder(kind)
+        self.hop_length, self.latent_dim = kind.hop_length, kind.latent_dim
+        self.pads_partial_frames = kind.pads_partial_frames
         self.quantizer = make_quantizer(self.quantizer_cfg, self.latent_dim)
 
     def _pad(self, audio: jnp.ndarray) -> jnp.ndarray:
-        if self.model_cfg.kind == "mimi":
-            return audio  # its causal convs pad the last partial frame themselves
+        if self.pads_partial_frames:
+            return audio  # e.g. Mimi: its causal convs pad the last partial frame themselves
         hop = self.hop_length
         extra = (-audio.shape[-1]) % hop
         return jnp.pad(audio, ((0, 0), (0, extra))) if extra else audio
@@ -58,18 +62,7 @@ def build_codec(config: Any) -> Codec:
 
 def hop_length(config: Any) -> int:
     """Samples per codec frame, from the model config alone."""
-    m = config.model
-    if m.kind == "cnn":
-        return 2 ** int(m.get("num_blocks", 7))
-    if m.kind == "mimi":
-        from audiolm_jax.codec.mimi.networks import mimi_hop_length
-
-        return mimi_hop_length(m)
-    ratios = m.get("ratios", (8, 5, 4, 2))
-    out = 1
-    for r in ratios:
-        out *= int(r)
-    return out
+    return int(codec_config(config.model).hop_length)
 
 
 def frame_rate(config: Any) -> float:

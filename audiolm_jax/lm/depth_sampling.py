@@ -1,8 +1,9 @@
 """Sampling from a :class:`~audiolm_jax.lm.depth.DepthTransformerLM`, frame by frame.
 
-:func:`generate_depth` is one jitted function: a prefill of the temporal transformer's KV cache
+:func:`generate_depth` is one jitted function around the sampling loop every sampler shares
+(:func:`audiolm_jax.lm.sampling.decode_loop`): a prefill of the temporal transformer's KV cache
 with the prompt steps, then ``jax.lax.scan`` over the new steps (in chunks whose sampling noise
-is drawn at once, as in :mod:`audiolm_jax.lm.sampling`). Each scan step samples the
+is drawn at once, with a cache grown segment by segment). Each step samples the
 frame's R levels with the depth transformer (``decode_frame``: level k's token feeds level
 k+1) and feeds the finished frame back through the temporal transformer. Compiled once per
 (model, shapes, num_new_frames, top_k, forcing or not); temperature and top_p are traced.
@@ -23,8 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import (broadcast_forced, sample_with_noise, scan_growing_cache,
-                                     segment_plan)
+from audiolm_jax.lm.sampling import broadcast_forced, decode_loop, sample_with_noise
 from audiolm_jax.lm.transformer import init_cache
 from audiolm_jax.runtime.xla_options import compiler_options
 
@@ -35,53 +35,40 @@ def _generate_depth_impl(model: DepthTransformerLM, params, prompt, rng, tempera
                          forced, forced_mask, *, num_new: int, top_k: int, allowed_vocab: int,
                          segments: Optional[int] = None):
     B, R, P = prompt.shape
-    total = P + num_new
-    out = jnp.zeros((B, R, total), jnp.int32)
-    out = jax.lax.dynamic_update_slice_in_dim(out, prompt, 0, axis=2)
-    if forced is not None:
-        out = jnp.where(forced_mask, forced, out)
     apply = functools.partial(model.apply, {"params": params})
 
-    # The temporal cache grows segment by segment, as in sampling.generate.
-    plan = segment_plan(P, num_new, total, segments)
-    cache = init_cache(model.config.temporal, B, plan[0][2])
-    hidden, cache = apply(out[..., :P], cache, 0, method=DepthTransformerLM.temporal_decode)
-    if num_new == 0:
-        return out
+    def temporal(tokens, cache, index):  # -> (hidden of the last step [B, W], cache)
+        hidden, cache = apply(tokens, cache, index, method=DepthTransformerLM.temporal_decode)
+        return hidden[:, -1], cache
 
-    def step(carry, i, noise):  # noise [R, B, V]: level k's Gumbel noise
-        out, cache, hidden = carry
-        pos = P + i
-        if forced is not None:
-            f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=2, keepdims=False)  # [B, R]
-            f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=2, keepdims=False)
-
+    def advance(hidden, cache, pos, noise, column):  # noise [R, B, V]: level k's Gumbel noise
         def choose(k, logits):
             tok = sample_with_noise(logits, noise[k], temperature=temperature, top_k=top_k,
                                     top_p=top_p, allowed_vocab=allowed_vocab)
-            return tok if forced is None else jnp.where(f_msk[:, k], f_tok[:, k], tok)
+            return tok if column is None else jnp.where(column[1][:, k], column[0][:, k], tok)
 
+        # The frame's levels, level by level (level k's token feeds level k+1), then the
+        # finished frame through the temporal transformer.
         frame, _ = apply(hidden, choose, method=DepthTransformerLM.decode_frame)  # [B, R]
-        out = jax.lax.dynamic_update_slice_in_dim(out, frame[..., None], pos, axis=2)
-        # Always fed back, the last frame too (its slot exists): a lax.cond here would make
-        # XLA copy the whole cache every step.
-        new_hidden, cache = apply(frame[..., None], cache, pos,
-                                  method=DepthTransformerLM.temporal_decode)
-        return out, cache, new_hidden[:, -1]
+        hidden, cache = temporal(frame[..., None], cache, pos)
+        return frame, hidden, cache
 
     # Frame i, level k draws with fold_in(fold_in(rng, i), k): drawn for a chunk of frames at
     # once (see sampling.scan_steps_with_noise), the same numbers as drawing inside the step.
     V = model.config.depth.vocab_size
-    shape = (R, B, V)
 
-    def draw(steps):
+    def draw(steps, shape):
         frame_noise = lambda i: jax.vmap(lambda k: jax.random.gumbel(
-            jax.random.fold_in(jax.random.fold_in(rng, i), k), (B, V), jnp.float32))(
+            jax.random.fold_in(jax.random.fold_in(rng, i), k), shape[1:], jnp.float32))(
                 jnp.arange(R, dtype=jnp.int32))
         return jax.vmap(frame_noise)(steps)
 
-    out, _, _ = scan_growing_cache(step, (out, cache, hidden[:, -1]), plan, draw, shape)
-    return out
+    # The temporal cache grows segment by segment, as in sampling.generate.
+    return decode_loop(prompt, forced, forced_mask, num_new=num_new, max_length=P + num_new,
+                       segments=segments,
+                       init_cache=lambda n: init_cache(model.config.temporal, B, n),
+                       prefill=lambda tokens, cache: temporal(tokens, cache, 0), advance=advance,
+                       noise_shape=lambda hidden: (R, B, V), draw=draw)
 
 
 @functools.cache

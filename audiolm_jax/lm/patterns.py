@@ -28,12 +28,25 @@ Layouts (shown for one batch element, ``c[q, t]`` = level q of frame t):
   levels have delay 0, the rest ``acoustic_delay``; ``[B, K, T + acoustic_delay]``.
 * :class:`MultiStreamPattern`: ``[B, S, K, T]`` treated as ``[B, S*K, T]``
   (stream-major: row ``s*K + q``) and laid out with the base layout.
+
+A layout is a registered object (as audiocraft's pattern providers): ``register_layout(name,
+cls)`` makes ``model.layout = name`` valid in a config, and the LM task, the token writer and
+the samplers never branch on the name; everything they ask is a method of :class:`Layout`:
+which model reads the sequence (``model_kind``, ``model_levels``), how many frames a number of
+sequence steps holds and the reverse (``seq_len``, ``frames_to_fill``, ``frames_that_fit``,
+``prompt_steps``), which slots are special (``valid_mask``, ``special_mask``), the vocabulary
+(``embed_vocab_size``, ``sample_vocab_size``), per-position loss weights and per-level loss sums
+(``position_weights``, ``level_sums``), and a sampling window in sequence space
+(``sampling_inputs``). :func:`pattern_from_config` builds the layout a config names, from the
+layout's own config keys (``config_kwargs``).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
-from typing import Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +55,11 @@ import numpy as np
 Array = Union[np.ndarray, jax.Array]
 
 __all__ = [
+    "Layout",
+    "register_layout",
+    "layout_names",
+    "get_layout",
+    "pattern_from_config",
     "FlatPattern",
     "ParallelPattern",
     "DelayPattern",
@@ -51,9 +69,6 @@ __all__ = [
     "level_weights",
     "PATTERN_NAMES",
 ]
-
-PATTERN_NAMES = ("flat", "parallel", "delay", "depth")
-
 
 def _xp(x):
     # Tracers under jit are jax.Array instances too.
@@ -100,11 +115,120 @@ def _expand_weights(weights, num_levels: int) -> np.ndarray:
     return w
 
 
+# --------------------------------------------------------------------------- protocol
+
+
+class Layout:
+    """What the LM task, the token writer and the samplers ask of a token layout.
+
+    A sequence is ``[B, L]`` (one token per step: ``model_levels == 1``) or ``[B, R, L]`` (R
+    rows per step, summed into one input by the model). A concrete layout is a frozen
+    dataclass ``cls(num_levels, vocab_size, **config_kwargs)`` that defines ``build``,
+    ``revert``, ``seq_shape``, ``num_frames``, ``valid_mask``, ``level_ids``,
+    ``level_weights``, ``embed_vocab_size``, the step arithmetic (``seq_len``,
+    ``frames_to_fill``, ``frames_that_fit``, ``prompt_steps``), ``special_mask``,
+    ``position_weights``, ``level_sums`` and ``_for_streams`` (its widening to S stacked
+    streams); :class:`FlatPattern` and ``_RowLayout`` (parallel, delayed) give a new layout
+    all of them to inherit.
+    """
+
+    # Which model reads the sequence (lm/model_kinds.py): 'transformer' (one Transformer over
+    # the steps, with ``model_levels`` summed input rows and as many heads) or 'depth' (Moshi's
+    # temporal + depth transformers; the rows of a step are sampled level by level).
+    model_kind = "transformer"
+
+    @classmethod
+    def config_kwargs(cls, model: Any, tokens: Any) -> dict:
+        """The layout's own settings, read from the config's ``model`` / ``tokens`` sections."""
+        del model, tokens
+        return {}
+
+    @property
+    def total_levels(self) -> int:
+        """Levels laid out per frame (all streams')."""
+        return self.num_levels
+
+    @property
+    def model_levels(self) -> int:
+        """Token rows the model reads and predicts per step (1: a flat sequence)."""
+        raise NotImplementedError
+
+    @property
+    def max_delay(self) -> int:
+        """Steps the layout adds after the last frame (0 unless levels are delayed)."""
+        return 0
+
+    @property
+    def sample_vocab_size(self) -> Optional[int]:
+        """Ids a sampler may draw are ``< sample_vocab_size`` (special ids are only forced)."""
+        return self.embed_vocab_size
+
+    def seq_len(self, num_frames: int) -> int:
+        """Steps (the sequence's last axis) that ``num_frames`` frames lay out to."""
+        return self.seq_shape(num_frames)[-1]
+
+    def frames_to_fill(self, seq_len: int) -> int:
+        """The fewest frames whose layout is at least ``seq_len`` steps (a training window)."""
+        raise NotImplementedError
+
+    def frames_that_fit(self, seq_len: int) -> int:
+        """The most frames whose whole layout fits in ``seq_len`` steps (a model context)."""
+        raise NotImplementedError
+
+    def prompt_steps(self, num_frames: int) -> int:
+        """Leading steps of a layout that ``num_frames`` known frames fix: the sampler's prompt
+        (the steps after it are sampled, with the frames' delayed levels forced)."""
+        raise NotImplementedError
+
+    def special_mask(self, seq_len: int, *, include_tail: bool = True
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        """``(forced int32, mask bool)`` over a sequence of ``seq_len`` steps (shape
+        ``seq_shape`` without the batch axis): the mask is True on the slots that hold no code
+        and must hold ``forced`` (the special id) -- the head slots before a delayed level's
+        first frame and, with ``include_tail``, the slots past the last frame; so with the
+        tail it is ``~valid_mask(frames_that_fit(seq_len))``."""
+        raise NotImplementedError
+
+    def position_weights(self, weights: Optional[Sequence[float]], seq_len: int) -> np.ndarray:
+        """float32 loss weights of the first ``seq_len`` steps of a training window (shaped
+        like the sequence without the batch axis): each slot's level weight (``weights``
+        per level as :meth:`level_weights` takes them; None = ones), 0 on special slots."""
+        raise NotImplementedError
+
+    def level_sums(self, values: jax.Array, first_step: int = 0) -> jax.Array:
+        """Per-level sums ``[total_levels]`` of a per-slot quantity ``values`` shaped like a
+        batch of sequences whose first step is ``first_step`` (the loss's targets start at 1):
+        the LM's per-level loss report."""
+        raise NotImplementedError
+
+    def sampling_inputs(self, codes, given, prompt_frames: int):
+        """One sampling window in sequence space.
+
+        codes: int frames ``[B, K, F]`` (``[B, S, K, F]`` for streams), the first
+          ``prompt_frames`` and every forced one filled in; given: bool, same shape, True
+          where a frame's code is fixed (prompt, forcing).
+        Returns ``(prompt [B, (R,) P], num_new, forced, forced_mask)``: the sampler's prompt
+        (the first ``prompt_steps(prompt_frames)`` steps), how many steps to sample, and the
+        forcing over all ``P + num_new`` steps: the given codes' slots and the special slots.
+        """
+        seq = np.asarray(self.build(codes))
+        given = np.asarray(given).astype(np.int32)
+        # build(given) - build(zeros) is the given mask on real slots and 0 on special slots,
+        # and cancels flat level offsets.
+        seq_mask = (np.asarray(self.build(given))
+                    - np.asarray(self.build(np.zeros_like(given)))) == 1
+        special, special_mask = self.special_mask(seq.shape[-1])
+        seq = np.where(special_mask, special, seq)
+        seq_mask = seq_mask | special_mask
+        steps = self.prompt_steps(prompt_frames)
+        return seq[..., :steps], seq.shape[-1] - steps, seq, seq_mask
+
+
 # ----------------------------------------------------------------------------- flat
 
 
 @dataclasses.dataclass(frozen=True)
-class FlatPattern:
+class FlatPattern(Layout):
     """Level-interleaved flat sequence: ``b q t -> b (t q)``, shape ``[B, T*K]``.
 
     Position ``i`` holds level ``i % K`` of frame ``i // K``.  With
@@ -116,6 +240,7 @@ class FlatPattern:
     num_levels: int
     vocab_size: Optional[int] = None
     level_offsets: bool = False
+    streams: int = 1  # internal: >1 when laid out for MultiStreamPattern
 
     def __post_init__(self):
         _check_positive(self.num_levels, "num_levels")
@@ -123,12 +248,48 @@ class FlatPattern:
             _check_positive(self.vocab_size, "vocab_size")
         if self.level_offsets and self.vocab_size is None:
             raise ValueError("level_offsets=True needs vocab_size")
+        _check_positive(self.streams, "streams")
+        if self.num_levels % self.streams:
+            raise ValueError(f"num_levels {self.num_levels} is not a multiple of streams "
+                             f"{self.streams}")
+
+    @classmethod
+    def config_kwargs(cls, model: Any, tokens: Any) -> dict:
+        return {"level_offsets": bool(model.get("level_offsets", False))}
 
     @property
     def embed_vocab_size(self) -> Optional[int]:
         if self.vocab_size is None:
             return None
         return self.num_levels * self.vocab_size if self.level_offsets else self.vocab_size
+
+    @property
+    def model_levels(self) -> int:
+        return 1
+
+    def frames_to_fill(self, seq_len: int) -> int:
+        return math.ceil(seq_len / self.total_levels)
+
+    def frames_that_fit(self, seq_len: int) -> int:
+        return seq_len // self.total_levels
+
+    def prompt_steps(self, num_frames: int) -> int:
+        return num_frames * self.total_levels
+
+    def special_mask(self, seq_len: int, *, include_tail: bool = True
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        return np.zeros((seq_len,), np.int32), np.zeros((seq_len,), bool)
+
+    def position_weights(self, weights: Optional[Sequence[float]], seq_len: int) -> np.ndarray:
+        return self.level_weights(weights, seq_len).astype(np.float32)
+
+    def level_sums(self, values: jax.Array, first_step: int = 0) -> jax.Array:
+        """Sums over the batch and the positions of each level (values ``[B, L]``); laid out
+        for S streams, level q of every stream is entry q (of ``S*K`` entries)."""
+        n = first_step + values.shape[-1]
+        ids = np.asarray(self.level_ids(n)[first_step:]) % (self.num_levels // self.streams)
+        onehot = jax.nn.one_hot(ids, self.total_levels, dtype=jnp.float32)  # [L, levels]
+        return jnp.einsum("bt,tr->r", values, onehot)
 
     def seq_len(self, num_frames: int) -> int:
         return num_frames * self.num_levels
@@ -193,16 +354,52 @@ class FlatPattern:
         return _expand_weights(weights, self.num_levels)[self.level_ids(seq_len)]
 
     def _for_streams(self, num_streams: int) -> "FlatPattern":
-        return FlatPattern(self.num_levels * num_streams, self.vocab_size, self.level_offsets)
+        return FlatPattern(self.num_levels * num_streams, self.vocab_size, self.level_offsets,
+                           self.streams * num_streams)
 
 
 # ------------------------------------------------------------------------- parallel
 
 
-class _RowLayout:
-    """Shared helpers for layouts whose sequence is ``[B, K, L]`` (one row per level)."""
+class _RowLayout(Layout):
+    """Shared helpers for layouts whose sequence is ``[B, K, L]`` (one row per level): step s
+    holds row q's code of frame ``s - delay_q`` (delay 0 unless the layout delays levels)."""
 
     num_levels: int
+    vocab_size: Optional[int]
+
+    @property
+    def model_levels(self) -> int:
+        return self.num_levels
+
+    @property
+    def sample_vocab_size(self) -> Optional[int]:
+        return self.vocab_size
+
+    def seq_shape(self, num_frames: int) -> Tuple[int, ...]:
+        return (self.num_levels, num_frames + self.max_delay)
+
+    def frames_to_fill(self, seq_len: int) -> int:
+        return seq_len - self.max_delay
+
+    def frames_that_fit(self, seq_len: int) -> int:
+        return seq_len - self.max_delay
+
+    def prompt_steps(self, num_frames: int) -> int:
+        return num_frames
+
+    def special_mask(self, seq_len: int, *, include_tail: bool = True
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        shape = (self.num_levels, int(seq_len))
+        return np.zeros(shape, np.int32), np.zeros(shape, bool)
+
+    def position_weights(self, weights: Optional[Sequence[float]], seq_len: int) -> np.ndarray:
+        valid = np.asarray(self.valid_mask(self.frames_to_fill(seq_len)))
+        return (self.level_weights(weights)[:, None] * valid).astype(np.float32)
+
+    def level_sums(self, values: jax.Array, first_step: int = 0) -> jax.Array:
+        """Sums over the batch and the steps of each row (values ``[B, R, L]``)."""
+        return jnp.sum(values, axis=(0, 2))
 
     def level_ids(self, seq_len: Optional[int] = None) -> np.ndarray:
         """``[K]`` int32: row q holds level q (``seq_len`` is ignored)."""
@@ -229,9 +426,6 @@ class ParallelPattern(_RowLayout):
     @property
     def embed_vocab_size(self) -> Optional[int]:
         return self.vocab_size
-
-    def seq_shape(self, num_frames: int) -> Tuple[int, ...]:
-        return (self.num_levels, num_frames)
 
     def num_frames(self, seq_len: int) -> int:
         return seq_len
@@ -282,8 +476,11 @@ class _DelayedLayout(_RowLayout):
     def embed_vocab_size(self) -> int:
         return self.vocab_size + 1
 
-    def seq_shape(self, num_frames: int) -> Tuple[int, ...]:
-        return (self.num_levels, num_frames + self.max_delay)
+    def _check_vocab(self):
+        if self.vocab_size is None:
+            raise ValueError(f"pattern {type(self).__name__} needs vocab_size (the special "
+                             f"token id)")
+        _check_positive(self.vocab_size, "vocab_size")
 
     def num_frames(self, seq_len: int) -> int:
         if seq_len < self.max_delay:
@@ -301,6 +498,22 @@ class _DelayedLayout(_RowLayout):
     def valid_mask(self, num_frames: int) -> np.ndarray:
         """bool ``[K, T + max_delay]``: True on slots holding a real code."""
         return self._frame_index(num_frames)[1]
+
+    def special_mask(self, seq_len: int, *, include_tail: bool = True
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        """Row q's first ``delays[q]`` steps and, with ``include_tail``, the slots past the
+        last frame (``seq_len - max_delay`` frames) hold ``special_token``."""
+        L = int(seq_len)
+        delays = np.asarray(self.level_delays)[:, None]
+        steps = np.arange(L)[None, :]
+        mask = steps < delays  # the head
+        if include_tail:
+            if L < self.max_delay:
+                raise ValueError(f"total_length {L} is shorter than the maximum delay "
+                                 f"{self.max_delay}")
+            mask = mask | (steps - delays >= L - self.max_delay)
+        forced = np.where(mask, self.special_token, 0).astype(np.int32)
+        return forced, mask
 
     def build(self, codes: Array) -> Array:
         """``[B, K, T] -> [B, K, T + max_delay]`` with ``special_token`` in empty slots."""
@@ -351,11 +564,17 @@ class DelayPattern(_DelayedLayout):
 
     def __post_init__(self):
         _check_positive(self.num_levels, "num_levels")
-        _check_positive(self.vocab_size, "vocab_size")
+        self._check_vocab()
         delays = tuple(range(self.num_levels)) if self.delays is None else \
             tuple(int(d) for d in self.delays)
         _check_delays(delays, self.num_levels)
         object.__setattr__(self, "delays", delays)
+
+    @classmethod
+    def config_kwargs(cls, model: Any, tokens: Any) -> dict:
+        """``model.delays`` (empty: level q is delayed by q)."""
+        delays = model.get("delays")
+        return {"delays": tuple(int(d) for d in delays)} if delays else {}
 
     @property
     def level_delays(self) -> Tuple[int, ...]:
@@ -378,9 +597,11 @@ class DepthPattern(_DelayedLayout):
     num_semantic: int = 1
     streams: int = 1  # internal: >1 when laid out for MultiStreamPattern
 
+    model_kind = "depth"  # Moshi's temporal + depth transformers (lm/depth.py)
+
     def __post_init__(self):
         _check_positive(self.num_levels, "num_levels")
-        _check_positive(self.vocab_size, "vocab_size")
+        self._check_vocab()
         _check_positive(self.streams, "streams")
         if isinstance(self.acoustic_delay, bool) or int(self.acoustic_delay) != \
                 self.acoustic_delay or self.acoustic_delay < 0:
@@ -390,6 +611,13 @@ class DepthPattern(_DelayedLayout):
         if self.num_levels % self.streams or not 0 <= self.num_semantic <= per_stream:
             raise ValueError(f"num_semantic must be in [0, {per_stream}], "
                              f"got {self.num_semantic!r}")
+
+    @classmethod
+    def config_kwargs(cls, model: Any, tokens: Any) -> dict:
+        """``model.acoustic_delay``; the first level is semantic unless
+        ``tokens.drop_semantic`` left it out."""
+        return {"acoustic_delay": int(model.acoustic_delay),
+                "num_semantic": 0 if tokens.get("drop_semantic", False) else 1}
 
     @property
     def level_delays(self) -> Tuple[int, ...]:
@@ -411,7 +639,7 @@ class DepthPattern(_DelayedLayout):
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiStreamPattern:
+class MultiStreamPattern(Layout):
     """S parallel code streams ``[B, S, K, T]`` (e.g. Moshi's user + model audio).
 
     The streams' levels are stacked per frame, stream-major (row ``s*K + q``),
@@ -420,9 +648,12 @@ class MultiStreamPattern:
     ``s*K + q``).  So flat frame t is ``[s0 l0..lK-1, s1 l0..lK-1]`` and
     sequences are ``[B, T*S*K]`` (flat) or ``[B, S*K, L]`` (others).
     ``revert`` returns ``[B, S, K, T]``.
+
+    Everything but the stream-aware ``build`` / ``revert`` / ``level_ids`` /
+    ``level_weights`` / ``stream_ids`` is the widened base layout's (:attr:`inner`).
     """
 
-    base: Union[FlatPattern, ParallelPattern, DelayPattern, DepthPattern]
+    base: Layout
     num_streams: int = 2
 
     def __post_init__(self):
@@ -451,14 +682,53 @@ class MultiStreamPattern:
     def embed_vocab_size(self):
         return self.inner.embed_vocab_size
 
+    @property
+    def model_kind(self) -> str:
+        return self.base.model_kind
+
+    @property
+    def model_levels(self) -> int:
+        return self.inner.model_levels
+
+    @property
+    def max_delay(self) -> int:
+        return self.inner.max_delay
+
+    @property
+    def sample_vocab_size(self):
+        return self.inner.sample_vocab_size
+
     def seq_shape(self, num_frames: int) -> Tuple[int, ...]:
         return self.inner.seq_shape(num_frames)
+
+    def seq_len(self, num_frames: int) -> int:
+        return self.inner.seq_len(num_frames)
 
     def num_frames(self, seq_len: int) -> int:
         return self.inner.num_frames(seq_len)
 
+    def frames_to_fill(self, seq_len: int) -> int:
+        return self.inner.frames_to_fill(seq_len)
+
+    def frames_that_fit(self, seq_len: int) -> int:
+        return self.inner.frames_that_fit(seq_len)
+
+    def prompt_steps(self, num_frames: int) -> int:
+        return self.inner.prompt_steps(num_frames)
+
     def valid_mask(self, num_frames: int) -> np.ndarray:
         return self.inner.valid_mask(num_frames)
+
+    def special_mask(self, seq_len: int, *, include_tail: bool = True
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        return self.inner.special_mask(seq_len, include_tail=include_tail)
+
+    def position_weights(self, weights: Optional[Sequence[float]], seq_len: int) -> np.ndarray:
+        """As the base layout's, with K weights shared by the streams (or S*K of them)."""
+        return self.inner.position_weights(self._stream_weights(weights), seq_len)
+
+    def level_sums(self, values: jax.Array, first_step: int = 0) -> jax.Array:
+        return self.inner.level_sums(values, first_step)
 
     def build(self, codes: Array) -> Array:
         """``[B, S, K, T] -> `` the inner layout's sequence."""
@@ -490,36 +760,94 @@ class MultiStreamPattern:
                       seq_len: Optional[int] = None) -> np.ndarray:
         """Weights of length K (shared by the streams) or S*K (per stream-level),
         expanded to ``[seq_len]`` (flat) or ``[S*K]`` (others)."""
+        return self.inner.level_weights(self._stream_weights(weights), seq_len)
+
+    def _stream_weights(self, weights):
         if weights is not None and len(weights) == self.num_levels:
             weights = list(weights) * self.num_streams
-        return self.inner.level_weights(weights, seq_len)
+        return weights
+
+
+# ------------------------------------------------------------------------ registry
+
+
+_LAYOUTS: dict = {}
+
+
+def register_layout(name: str, cls: Optional[type] = None):
+    """Makes ``cls`` the layout ``model.layout = name`` builds (also as ``@register_layout(
+    name)``). ``cls(num_levels, vocab_size, **cls.config_kwargs(model, tokens))`` must give a
+    :class:`Layout`. Registering another class under a taken name is refused."""
+    def add(layout_cls):
+        if not (isinstance(layout_cls, type) and issubclass(layout_cls, Layout)):
+            raise TypeError(f"layout {name!r}: {layout_cls!r} is not a Layout subclass")
+        if _LAYOUTS.get(name, layout_cls) is not layout_cls:
+            raise ValueError(f"layout {name!r} is already registered "
+                             f"({_LAYOUTS[name].__name__})")
+        _LAYOUTS[name] = layout_cls
+        return layout_cls
+    return add if cls is None else add(cls)
+
+
+def layout_names() -> Tuple[str, ...]:
+    """The registered layout names, in registration order."""
+    return tuple(_LAYOUTS)
+
+
+class _LayoutNames(collections.abc.Sequence):
+    """A live, read-only view of :func:`layout_names` (layouts registered later show up)."""
+
+    def __getitem__(self, i):
+        return layout_names()[i]
+
+    def __len__(self):
+        return len(_LAYOUTS)
+
+    def __repr__(self):
+        return repr(layout_names())
+
+
+PATTERN_NAMES = _LayoutNames()
+
+
+def get_layout(name: str) -> type:
+    """The layout class registered as ``name``; ValueError naming the registered ones."""
+    try:
+        return _LAYOUTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown pattern {name!r}; expected one of {layout_names()}") from None
+
+
+register_layout("flat", FlatPattern)
+register_layout("parallel", ParallelPattern)
+register_layout("delay", DelayPattern)
+register_layout("depth", DepthPattern)
 
 
 # ------------------------------------------------------------------------- helpers
 
 
-Pattern = Union[FlatPattern, ParallelPattern, DelayPattern, DepthPattern, MultiStreamPattern]
+Pattern = Layout
 
 
 def make_pattern(name: str, num_levels: int, vocab_size: Optional[int] = None,
-                 num_streams: int = 1, **kw) -> Pattern:
-    """Pattern by name: 'flat' (kw: level_offsets), 'parallel', 'delay' (kw: delays),
-    'depth' (kw: acoustic_delay, num_semantic); ``num_streams > 1`` wraps it in a
-    :class:`MultiStreamPattern`."""
-    if name == "flat":
-        pattern = FlatPattern(num_levels, vocab_size, **kw)
-    elif name == "parallel":
-        pattern = ParallelPattern(num_levels, vocab_size, **kw)
-    elif name in ("delay", "depth"):
-        if vocab_size is None:
-            raise ValueError(f"pattern {name!r} needs vocab_size (the special token id)")
-        cls = DelayPattern if name == "delay" else DepthPattern
-        pattern = cls(num_levels, vocab_size, **kw)
-    else:
-        raise ValueError(f"unknown pattern {name!r}; expected one of {PATTERN_NAMES}")
+                 num_streams: int = 1, **kw) -> Layout:
+    """Layout by registered name (:func:`layout_names`): 'flat' (kw: level_offsets),
+    'parallel', 'delay' (kw: delays), 'depth' (kw: acoustic_delay, num_semantic), ...;
+    ``num_streams > 1`` wraps it in a :class:`MultiStreamPattern`."""
+    pattern = get_layout(name)(num_levels, vocab_size, **kw)
     if num_streams != 1:
         pattern = MultiStreamPattern(pattern, num_streams)
     return pattern
+
+
+def pattern_from_config(config: Any) -> Layout:
+    """The layout an LM config names (``model.layout``) over its ``tokens`` (levels, codebook,
+    streams), with the layout's own config keys (``config_kwargs``)."""
+    m, t = config.model, config.tokens
+    kw = get_layout(m.layout).config_kwargs(m, t)
+    return make_pattern(m.layout, int(t.num_levels), int(t.codebook_size),
+                        num_streams=int(t.num_streams), **kw)
 
 
 def level_weights(weights: Optional[Sequence[float]], pattern: Pattern,

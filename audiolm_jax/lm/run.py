@@ -19,8 +19,6 @@ from audiolm_jax.codec.inference import load_codec
 from audiolm_jax.config_check import check_mesh
 from audiolm_jax.data.audio_io import load_audio, save_wav
 from audiolm_jax.export import load_inference_weights
-from audiolm_jax.lm.depth_sampling import generate_depth
-from audiolm_jax.lm.sampling import delay_special_mask, generate
 from audiolm_jax.lm.task import LMTask
 from audiolm_jax.lm.tokens import (_load_channels, iter_eval_windows, load_token_dir,
                                    make_window_iterator, tokenize_corpus)
@@ -135,16 +133,17 @@ def _codec(lm: LoadedLM):
 
 def _window_frames(task) -> int:
     """Codec frames one model context holds (prompt + generated)."""
-    if task.flat:
-        return task.context // task.rows
-    return task.context - task.max_delay
+    return task.window_frames
+
+
+def _streams(task, codes: np.ndarray) -> np.ndarray:
+    """[B, S, K, F] -> what the layout builds from: [B, K, F] (one stream) or [B, S, K, F]."""
+    return codes[:, 0] if task.num_streams == 1 else codes
 
 
 def _layout(task, codes: np.ndarray) -> np.ndarray:
     """[B, S, K, F] codes -> the model's token sequence ([B, L] flat, [B, rows, L] otherwise)."""
-    codes = codes[:, 0] if task.num_streams == 1 else codes
-    seq = np.asarray(task.pattern.build(codes))
-    return seq if task.flat else seq.reshape(seq.shape[0], task.rows, -1)
+    return np.asarray(task.pattern.build(_streams(task, codes)))
 
 
 def _unlayout(task, seq: np.ndarray) -> np.ndarray:
@@ -159,7 +158,6 @@ def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np
     frame-space forcing (``forced``/``mask`` [S, K, P + new_frames]: e.g. the user's stream in
     duplex, level 0 with --keep_semantic) applied inside the compiled sampler, so forced
     tokens condition everything sampled after them. Returns codes [S, K, P + new_frames]."""
-    K_all = task.rows
     P, F = prompt.shape[-1], prompt.shape[-1] + new_frames
     full = np.zeros(prompt.shape[:-1] + (F,), np.int32)
     full[..., :P] = prompt
@@ -168,33 +166,15 @@ def _sample_window(task, params, prompt: np.ndarray, new_frames: int, forced: np
     # past the prompt steps, where they would otherwise be sampled.
     mask = mask.copy()
     mask[..., :P] = True
-    seq_codes = _layout(task, full[None])
-    # The mask in sequence space: build(mask) - build(zeros) is the mask on real slots and 0 on
-    # special slots and cancels flat level offsets.
-    seq_mask = (_layout(task, mask[None].astype(np.int32))
-                - _layout(task, np.zeros_like(mask[None], np.int32))) == 1
-    if task.flat:
-        num_new = new_frames * K_all
-        prompt_seq = seq_codes[..., : P * K_all]
-        allowed = task.vocab_size
-    else:
-        delay = task.max_delay
-        num_new = new_frames + delay
-        prompt_seq = seq_codes[..., :P]
-        allowed = int(task.config.tokens.codebook_size)
-        if delay:
-            inner = getattr(task.pattern, "inner", task.pattern)
-            f, m = delay_special_mask(inner, seq_codes.shape[-1], include_tail=True)
-            seq_codes = np.where(m[None], f[None], seq_codes)
-            seq_mask = seq_mask | m[None]
-    if task.config.model.layout == "depth":
-        tokens = generate_depth(task.model, params, prompt_seq, num_new, rng, forced=seq_codes,
-                                forced_mask=seq_mask, **sampling)
-    else:
-        tokens = generate(task.model, params, prompt_seq, num_new, rng,
-                          forced=seq_codes if seq_mask.any() else None,
-                          forced_mask=seq_mask if seq_mask.any() else None,
-                          allowed_vocab=allowed, **sampling)
+    # The layout lays the window out: the sampler's prompt steps, how many steps to sample,
+    # and the forcing in sequence space (the given frames' slots and the special slots).
+    prompt_seq, num_new, seq_codes, seq_mask = task.pattern.sampling_inputs(
+        _streams(task, full[None]), _streams(task, mask[None]), P)
+    forcing = bool(seq_mask.any())
+    tokens = task.lm.generate(params, prompt_seq, num_new, rng,
+                              forced=seq_codes if forcing else None,
+                              forced_mask=seq_mask if forcing else None,
+                              allowed_vocab=task.pattern.sample_vocab_size, **sampling)
     return _unlayout(task, np.asarray(tokens))[0]
 
 

@@ -12,6 +12,11 @@ Two pieces:
   The whole thing is one jitted function, compiled once per (model, shapes, num_new, top_k,
   max_length, allowed_vocab, forcing or not).
 
+The loop itself -- output buffer and forcing, prefill, the KV cache grown segment by segment,
+the scan over noise chunks -- is :func:`decode_loop`, which the depth transformer's sampler
+(:mod:`audiolm_jax.lm.depth_sampling`) runs too; a sampler only supplies its per-step
+``advance`` (here: sample the logits, force, one ``Transformer.decode``).
+
 Layouts:
 
 * single level (``num_levels == 1``): prompt ``[B, P]`` -> tokens ``[B, P + num_new]``. A flat
@@ -36,7 +41,7 @@ token in a real slot.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +51,7 @@ from audiolm_jax.lm.transformer import Transformer, init_cache
 from audiolm_jax.runtime.xla_options import compiler_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
-           "segment_plan", "grow_cache", "scan_growing_cache",
+           "segment_plan", "grow_cache", "scan_growing_cache", "decode_loop",
            "generate", "generate_cache_size", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
 
@@ -212,6 +217,60 @@ def scan_growing_cache(step, carry, plan, draw, shape):
 # ----------------------------------------------------------------------------- generate
 
 
+# (state, cache, position, noise, forced) -> (tokens, state, cache): one step of a sampler.
+# ``forced`` is None or the step's (tokens, mask) column; the tokens returned are the step's
+# output column (forcing applied), already fed back into the cache at ``position``.
+Advance = Callable[[Any, Any, jax.Array, jax.Array, Optional[Tuple[jax.Array, jax.Array]]],
+                   Tuple[jax.Array, Any, Any]]
+
+
+def decode_loop(prompt, forced, forced_mask, *, num_new: int, max_length: int,
+                segments: Optional[int], init_cache: Callable[[int], Any],
+                prefill: Callable[[jax.Array, Any], Tuple[Any, Any]], advance: Advance,
+                noise_shape: Callable[[Any], Tuple[int, ...]],
+                draw: Callable[[jax.Array, Tuple[int, ...]], jax.Array]):
+    """The sampling loop every sampler runs (traced inside its jitted function).
+
+    prompt ``[..., P]`` int32 is continued by ``num_new`` steps into ``out [..., P + num_new]``
+    (forced slots, the prompt's included, take the forced tokens). The KV cache
+    (``init_cache(length)``) grows by :func:`segment_plan`'s segments; ``prefill(prompt,
+    cache) -> (state, cache)`` reads the prompt; then, in ``lax.scan`` over chunks of steps
+    whose noise ``draw(steps, shape) -> [len(steps), *shape]`` is drawn at once (``shape =
+    noise_shape(state)``: one step's), step i runs
+    ``advance(state, cache, P + i, noise_i, forced column or None)``, which samples (and
+    forces) the tokens at position ``P + i`` and feeds them back. Returns ``out``.
+    """
+    P = prompt.shape[-1]
+    total = P + num_new
+    out = jnp.zeros(prompt.shape[:-1] + (total,), jnp.int32)
+    out = jax.lax.dynamic_update_slice_in_dim(out, prompt.astype(jnp.int32), 0, axis=-1)
+    if forced is not None:
+        out = jnp.where(forced_mask, forced, out)  # forced prompt slots too
+
+    plan = segment_plan(P, num_new, max_length, segments)
+    state, cache = prefill(out[..., :P], init_cache(plan[0][2]))
+    if num_new == 0:
+        return out
+
+    def step(carry, i, noise):
+        out, cache, state = carry
+        pos = P + i
+        column = None
+        if forced is not None:
+            column = (jax.lax.dynamic_index_in_dim(forced, pos, axis=-1, keepdims=False),
+                      jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=-1, keepdims=False))
+        # The tokens are always fed back, even the last ones (their slot exists): a lax.cond
+        # here would make XLA copy the whole cache every step.
+        tok, state, cache = advance(state, cache, pos, noise, column)
+        out = jax.lax.dynamic_update_slice_in_dim(out, tok[..., None], pos, axis=-1)
+        return out, cache, state
+
+    shape = tuple(noise_shape(state))
+    out, _, _ = scan_growing_cache(step, (out, cache, state), plan,
+                                   lambda steps: draw(steps, shape), shape)
+    return out
+
+
 def _last(logits):
     """Logits of the last position: [B, T, V] -> [B, V]; [B, K, T, V] -> [B, K, V]."""
     return logits[..., -1, :]
@@ -221,43 +280,28 @@ def _generate_impl(model: Transformer, params, prompt, rng, temperature, top_p, 
                    forced_mask, *, num_new: int, top_k: int, max_length: int,
                    allowed_vocab: Optional[int], use_top_p: bool = True,
                    segments: Optional[int] = None):
-    B, P = prompt.shape[0], prompt.shape[-1]
-    total = P + num_new
-    out = jnp.zeros(prompt.shape[:-1] + (total,), jnp.int32)
-    out = jax.lax.dynamic_update_slice_in_dim(out, prompt.astype(jnp.int32), 0, axis=-1)
-    if forced is not None:
-        out = jnp.where(forced_mask, forced, out)  # forced prompt slots too
-    prompt = out[..., :P]
+    B = prompt.shape[0]
 
     def decode(tokens, cache, index):
-        return model.apply({"params": params}, tokens, cache, index, method=Transformer.decode)
+        logits, cache = model.apply({"params": params}, tokens, cache, index,
+                                    method=Transformer.decode)
+        return _last(logits), cache
 
-    plan = segment_plan(P, num_new, max_length, segments)
-    cache = init_cache(model.config, B, plan[0][2])
-    logits, cache = decode(prompt, cache, 0)
-    if num_new == 0:
-        return out
-
-    def step(carry, i, noise):
-        out, cache, logits = carry
-        pos = P + i
+    def advance(logits, cache, pos, noise, column):  # one Transformer.decode per step
         # top_p >= 1 keeps everything: skip its per-step sort of the vocabulary (static).
         tok = sample_with_noise(logits, noise, temperature=temperature, top_k=top_k,
                                 top_p=top_p if use_top_p else 1.0, allowed_vocab=allowed_vocab)
-        if forced is not None:
-            f_tok = jax.lax.dynamic_index_in_dim(forced, pos, axis=-1, keepdims=False)
-            f_msk = jax.lax.dynamic_index_in_dim(forced_mask, pos, axis=-1, keepdims=False)
-            tok = jnp.where(f_msk, f_tok, tok)
-        out = jax.lax.dynamic_update_slice_in_dim(out, tok[..., None], pos, axis=-1)
-        # Always fed back, even the last token (its slot pos < max_length exists): a
-        # lax.cond here would make XLA copy the whole cache every step.
-        new_logits, cache = decode(tok[..., None], cache, pos)
-        return out, cache, _last(new_logits)
+        if column is not None:
+            tok = jnp.where(column[1], column[0], tok)
+        logits, cache = decode(tok[..., None], cache, pos)
+        return tok, logits, cache
 
-    last = _last(logits)
-    out, _, _ = scan_growing_cache(step, (out, cache, last), plan,
-                                   lambda steps: step_noise(rng, steps, last.shape), last.shape)
-    return out
+    # A step's noise has its logits' shape: [B, V] or [B, K, V].
+    return decode_loop(prompt, forced, forced_mask, num_new=num_new, max_length=max_length,
+                       segments=segments, init_cache=lambda n: init_cache(model.config, B, n),
+                       prefill=lambda tokens, cache: decode(tokens, cache, 0), advance=advance,
+                       noise_shape=jnp.shape,
+                       draw=lambda steps, shape: step_noise(rng, steps, shape))
 
 
 @functools.cache
@@ -353,24 +397,14 @@ def _keeps_everything(top_p) -> bool:
 
 def delay_special_mask(pattern, total_length: int, *, include_tail: bool = True
                        ) -> Tuple[np.ndarray, np.ndarray]:
-    """``(forced [K, L] int32, forced_mask [K, L] bool)`` for a delay-style pattern
-    (``DelayPattern`` / ``DepthPattern``, anything with ``level_delays``, ``max_delay`` and
-    ``special_token``) and a total sequence length ``L``: the mask is True on the slots that
+    """``(forced [K, L] int32, forced_mask [K, L] bool)`` for a layout (e.g. ``DelayPattern``
+    / ``DepthPattern``) and a total sequence length ``L``: the mask is True on the slots that
     must hold ``pattern.special_token`` -- row q's first ``delays[q]`` steps and, when
     ``include_tail``, the slots past the last frame (``L - max_delay`` frames; the slots
     ``pattern.valid_mask`` marks False). Broadcasts against ``[B, K, L]`` in :func:`generate`.
+    The layout's own :meth:`~audiolm_jax.lm.patterns.Layout.special_mask`.
     """
-    L = int(total_length)
-    delays = np.asarray(pattern.level_delays)[:, None]
-    steps = np.arange(L)[None, :]
-    mask = steps < delays  # the head
-    if include_tail:
-        if L < pattern.max_delay:
-            raise ValueError(f"total_length {L} is shorter than the maximum delay "
-                             f"{pattern.max_delay}")
-        mask = mask | (steps - delays >= L - pattern.max_delay)
-    forced = np.where(mask, pattern.special_token, 0).astype(np.int32)
-    return forced, mask
+    return pattern.special_mask(total_length, include_tail=include_tail)
 
 
 def combine_forced(*pairs) -> Tuple[jax.Array, jax.Array]:

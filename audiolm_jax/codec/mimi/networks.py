@@ -22,12 +22,12 @@ drives them frame by frame.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 
+from audiolm_jax.codec.registry import codec_config
 from audiolm_jax.codec.seanet import SEANetDecoder, SEANetEncoder
 from audiolm_jax.layers.conv import Conv1d, ConvTranspose1d
 from audiolm_jax.layers.transformer import TransformerConfig, TransformerStack
@@ -35,29 +35,21 @@ from audiolm_jax.layers.transformer import TransformerConfig, TransformerStack
 Array = jax.Array
 
 
-def _get(mcfg: Any, key: str, default: Any) -> Any:
-    if hasattr(mcfg, "get"):
-        return mcfg.get(key, default)
-    return getattr(mcfg, key, default)
+# Each function below takes Mimi's typed config (``codec/networks.py:MimiConfig``, which holds
+# the defaults: the release's) or a ``model`` section of kind 'mimi'.
 
 
 def seanet_kwargs(mcfg: Any) -> dict:
-    """SEANet keyword arguments from a Mimi model config (release values as defaults)."""
+    """SEANet keyword arguments of a Mimi config."""
+    m = codec_config(mcfg)
     return dict(
-        n_filters=int(_get(mcfg, "n_filters", 64)),
-        ratios=tuple(int(r) for r in _get(mcfg, "ratios", (8, 6, 5, 4))),
-        dimension=int(_get(mcfg, "dimension", 512)),
-        n_residual_layers=int(_get(mcfg, "n_residual_layers", 1)),
-        dilation_base=int(_get(mcfg, "dilation_base", 2)),
-        kernel_size=int(_get(mcfg, "kernel_size", 7)),
-        residual_kernel_size=int(_get(mcfg, "residual_kernel_size", 3)),
-        last_kernel_size=int(_get(mcfg, "last_kernel_size", 3)),
-        compress=int(_get(mcfg, "compress", 2)),
-        causal=True,  # streaming needs it; the release is causal
-        true_skip=bool(_get(mcfg, "true_skip", True)),
-        weight_norm=bool(_get(mcfg, "weight_norm", False)),
-        pad_mode=str(_get(mcfg, "pad_mode", "constant")),
-        activation=str(_get(mcfg, "activation", "elu")),
+        n_filters=m.n_filters, ratios=m.ratios, dimension=m.dimension,
+        n_residual_layers=m.n_residual_layers, dilation_base=m.dilation_base,
+        kernel_size=m.kernel_size, residual_kernel_size=m.residual_kernel_size,
+        last_kernel_size=m.last_kernel_size, compress=m.compress,
+        causal=True,  # streaming needs it; the release is causal (the config checks it)
+        true_skip=m.true_skip, weight_norm=m.weight_norm, pad_mode=m.pad_mode,
+        activation=m.activation,
     )
 
 
@@ -66,25 +58,21 @@ def transformer_config(mcfg: Any) -> TransformerConfig | None:
     pre-norm LayerNorm blocks with biased norms and bias-free projections, exact GELU, layer
     scale, half-split rotary embedding, attention over the last ``transformer_context``
     frames (a ring KV cache when streaming), LeCun-normal initialisation, no final norm."""
-    layers = int(_get(mcfg, "transformer_layers", 8))
-    if layers == 0:
+    m = codec_config(mcfg)  # checks that the width splits into heads of even size
+    if m.transformer_layers == 0:
         return None
-    dim, heads = int(_get(mcfg, "dimension", 512)), int(_get(mcfg, "transformer_heads", 8))
-    if dim % heads or (dim // heads) % 2:
-        raise ValueError(f"transformer width {dim} must split into {heads} heads of even size")
-    context = int(_get(mcfg, "transformer_context", 250))
+    context = m.transformer_context
     return TransformerConfig(
-        num_layers=layers, num_heads=heads, width=dim, mlp="gelu",
-        mlp_hidden=int(_get(mcfg, "transformer_ffn_dim", 2048)), norm="layer",
-        norm_eps=float(_get(mcfg, "norm_eps", 1e-5)), bias=False, norm_bias=True, rope="half",
-        rope_base=float(_get(mcfg, "rope_max_period", 10000.0)),
-        layer_scale=float(_get(mcfg, "layer_scale", 0.01)), window=context,
-        attention="blocked", attention_block=context, init="lecun")
+        num_layers=m.transformer_layers, num_heads=m.transformer_heads, width=m.dimension,
+        mlp="gelu", mlp_hidden=m.transformer_ffn_dim, norm="layer", norm_eps=m.norm_eps,
+        bias=False, norm_bias=True, rope="half", rope_base=m.rope_max_period,
+        layer_scale=m.layer_scale, window=context, attention="blocked",
+        attention_block=context, init="lecun")
 
 
 def mimi_hop_length(mcfg: Any) -> int:
     """Audio samples per Mimi frame: ``prod(ratios) * frame_downsample``."""
-    return math.prod(seanet_kwargs(mcfg)["ratios"]) * max(1, int(_get(mcfg, "frame_downsample", 2)))
+    return codec_config(mcfg).hop_length
 
 
 class MimiEncoder(nn.Module):
@@ -128,9 +116,9 @@ class MimiDecoder(nn.Module):
 
 
 def make_mimi_encoder_decoder(mcfg: Any):
-    """``(encoder, decoder, hop_length, latent_dim)`` for ``model.kind == 'mimi'``."""
-    seanet, transformer = seanet_kwargs(mcfg), transformer_config(mcfg)
-    down = max(1, int(_get(mcfg, "frame_downsample", 2)))
-    enc = MimiEncoder(seanet, transformer, down)
-    dec = MimiDecoder(seanet, transformer, down, bool(_get(mcfg, "upsample_channelwise", True)))
-    return enc, dec, mimi_hop_length(mcfg), seanet["dimension"]
+    """``(encoder, decoder, hop_length, latent_dim)`` of a Mimi config."""
+    m = codec_config(mcfg)
+    seanet, transformer = seanet_kwargs(m), transformer_config(m)
+    enc = MimiEncoder(seanet, transformer, m.frame_downsample)
+    dec = MimiDecoder(seanet, transformer, m.frame_downsample, m.upsample_channelwise)
+    return enc, dec, m.hop_length, m.latent_dim

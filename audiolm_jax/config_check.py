@@ -73,6 +73,18 @@ def check_mesh(config: Any, num_devices: int | None = None) -> None:
             raise ConfigError(f"config key 'mesh': {e}") from None
 
 
+def _check_mesh_and_batch(config: Any, num_devices: int | None) -> None:
+    """:func:`check_mesh`, and with ``num_devices`` a ``train.batch_size`` that the mesh's
+    data * fsdp devices divide."""
+    check_mesh(config, num_devices)
+    if num_devices is not None:
+        d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                                     num_devices)
+        if config.train.batch_size % (d * f):
+            raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
+                              f"divisible by mesh data*fsdp = {d * f}")
+
+
 def check_quantizer(config: Any) -> None:
     """The ``quantizer`` section, as its kind's typed config validates it (quantization/)."""
     try:
@@ -109,13 +121,7 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
     check_data_source(config, "data.source")
     if "distill" in config:
         check_distill(config)
-    check_mesh(config, num_devices)
-    if num_devices is not None:
-        d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                                     num_devices)
-        if config.train.batch_size % (d * f):
-            raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
-                              f"divisible by mesh data*fsdp = {d * f}")
+    _check_mesh_and_batch(config, num_devices)
 
 
 def check_distill(config: Any) -> None:
@@ -174,10 +180,4 @@ def check_lm_config(config: Any, num_devices: int | None = None) -> None:
                           "(made by `audiolm-jax tokenize`)")
     if not os.path.isdir(tokens):
         raise ConfigError(f"config key 'data.tokens': token directory {tokens!r} does not exist")
-    check_mesh(config, num_devices)
-    if num_devices is not None:
-        d, f, _ = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                                     num_devices)
-        if config.train.batch_size % (d * f):
-            raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
-                              f"divisible by mesh data*fsdp = {d * f}")
+    _check_mesh_and_batch(config, num_devices)

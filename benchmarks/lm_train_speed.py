@@ -39,12 +39,20 @@ PEAK_TFLOPS = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def model_arg_parser(description: str) -> argparse.ArgumentParser:
+    """An LM benchmark's argument parser with the model's size flags (``sampling_speed.py``
+    uses it too)."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--vocab", type=int, default=2048)
+    return p
+
+
+def parse_args(argv=None):
+    p = model_arg_parser(__doc__)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=10)

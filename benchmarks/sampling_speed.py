@@ -16,19 +16,16 @@ Prints one JSON object; ``"torch": null`` when transformers/torch are missing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import time
 
+from lm_train_speed import model_arg_parser  # same folder
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--width", type=int, default=384)
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--vocab", type=int, default=2048)
+    p = model_arg_parser(__doc__)
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes")

@@ -22,3 +22,14 @@ def fast_params(module, x, seed=0):
         return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def mulaw_token_dir(root, seed):
+    """A mu-law token directory ``root/tokens`` of 4 synthetic quarter-second utterances at
+    8 kHz (their WAVs in ``root/wavs``), from the corpus of ``seed``; returns its path."""
+    from audiolm_jax.data.synthetic import write_synthetic_wavs
+    from audiolm_jax.lm.tokens import tokenize_corpus
+
+    wavs = write_synthetic_wavs(str(root / "wavs"), n=4, sample_rate=8000, seed=seed, seconds=0.25)
+    tokenize_corpus(wavs, str(root / "tokens"), tokenizer="mulaw", sample_rate=8000)
+    return str(root / "tokens")

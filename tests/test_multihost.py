@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import mulaw_token_dir
 
 from audiolm_jax.train import distributed
 
@@ -90,13 +91,7 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory):
-    from audiolm_jax.data.synthetic import write_synthetic_wavs
-    from audiolm_jax.lm.tokens import tokenize_corpus
-
-    root = tmp_path_factory.mktemp("mh_tokens")
-    wavs = write_synthetic_wavs(str(root / "wavs"), n=4, sample_rate=8000, seed=2, seconds=0.25)
-    tokenize_corpus(wavs, str(root / "tokens"), tokenizer="mulaw", sample_rate=8000)
-    return str(root / "tokens")
+    return mulaw_token_dir(tmp_path_factory.mktemp("mh_tokens"), seed=2)
 
 
 def test_two_processes_equal_one(tmp_path, tokens_dir):

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import mulaw_token_dir
 
 from audiolm_jax.train.step_log import read_step_log
 
@@ -73,13 +74,7 @@ def _checkpoints(workdir):
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory):
-    from audiolm_jax.data.synthetic import write_synthetic_wavs
-    from audiolm_jax.lm.tokens import tokenize_corpus
-
-    root = tmp_path_factory.mktemp("resume_tokens")
-    wavs = write_synthetic_wavs(str(root / "wavs"), n=4, sample_rate=8000, seed=3, seconds=0.25)
-    tokenize_corpus(wavs, str(root / "tokens"), tokenizer="mulaw", sample_rate=8000)
-    return str(root / "tokens")
+    return mulaw_token_dir(tmp_path_factory.mktemp("resume_tokens"), seed=3)
 
 
 def test_codec_killed_inside_a_save_resumes_exactly(tmp_path):

@@ -44,8 +44,8 @@ class CNNResBlock(nn.Module):
         return out
 
 
-class CNNEncoder(nn.Module):
-    """``[B, T]`` (T a multiple of 2**num_blocks) → ``[B, T / 2**num_blocks, latent_dim]``."""
+class CNNSettings(nn.Module):
+    """The settings the encoder and the decoder share (see the module docstring)."""
 
     channels: int = 32
     latent_dim: int = 32
@@ -53,6 +53,10 @@ class CNNEncoder(nn.Module):
     res_blocks: int = 4
     dilation_growth: int = 3
     second_kernel: int = 3
+
+
+class CNNEncoder(CNNSettings):
+    """``[B, T]`` (T a multiple of 2**num_blocks) → ``[B, T / 2**num_blocks, latent_dim]``."""
 
     @nn.compact
     def __call__(self, audio: Array) -> Array:
@@ -65,15 +69,9 @@ class CNNEncoder(nn.Module):
         return Conv1d(self.latent_dim, 3, padding="same", name="proj")(x)
 
 
-class CNNDecoder(nn.Module):
+class CNNDecoder(CNNSettings):
     """``[B, frames, latent_dim]`` → ``[B, frames * 2**num_blocks]``."""
 
-    channels: int = 32
-    latent_dim: int = 32
-    num_blocks: int = 7
-    res_blocks: int = 4
-    dilation_growth: int = 3
-    second_kernel: int = 3
     double_residual_quirk: bool = False
 
     @nn.compact

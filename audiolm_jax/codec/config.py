@@ -12,6 +12,7 @@ import dataclasses
 import ml_collections
 
 from audiolm_jax.codec.networks import CNNConfig, MimiConfig, SEANetConfig
+from audiolm_jax.config_sections import mesh_section, optim_section, train_section
 from audiolm_jax.quantization import quantizer_section
 
 # The ``model`` keys of the base config, at their kinds' defaults (codec/networks.py), so
@@ -47,17 +48,12 @@ def base_codec_config() -> ml_collections.ConfigDict:
         enabled=False, adv_weight=4.0, feat_weight=4.0, filters=32,
         n_ffts=(1024, 2048, 512), hop_lengths=(256, 512, 128),
         learning_rate=3e-4, b1=0.5, b2=0.9, start_step=0))
-    c.optim = ml_collections.ConfigDict(dict(
-        learning_rate=3e-4, end_learning_rate=3e-5, warmup_steps=2000, schedule="cosine",
-        weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+    c.optim = optim_section(learning_rate=3e-4, end_learning_rate=3e-5, b2=0.999)
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic", eval_source="synthetic", sample_rate=16000, crop_length=65536,
         num_eval=8, eval_seconds=4.0, synthetic_utterances=2048, synthetic_seconds=4.0))
-    c.train = ml_collections.ConfigDict(dict(
-        name="codec", num_steps=100_000, batch_size=128, seed=0, checkpoint_every=1000,
-        log_every=50, sample_every=5000, keep_checkpoints=3, async_checkpoints=True,
-        progress=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.train = train_section(name="codec", batch_size=128, sample_every=5000)
+    c.mesh = mesh_section()
     return c
 
 

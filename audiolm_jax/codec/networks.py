@@ -80,19 +80,42 @@ def build_cnn(cfg: CNNConfig):
 
 
 # ----------------------------------------------------------------------------- 'seanet'
-def _validate_seanet(cfg) -> None:
-    """The SEANet settings 'seanet' and 'mimi' share."""
-    positive(cfg, "n_filters", "dimension", "dilation_base", "kernel_size",
-             "residual_kernel_size", "last_kernel_size", "compress")
-    positive(cfg, "n_residual_layers", allow_zero=True)
-    if not cfg.ratios or min(cfg.ratios) < 1:
-        raise invalid("ratios", "a non-empty tuple of integers >= 1", cfg.ratios)
-    choice(cfg, "pad_mode", PAD_MODES)
-    choice(cfg, "activation", ACTIVATIONS)
+@dataclasses.dataclass(frozen=True)
+class _SEANetSettings(CodecConfig):
+    """The SEANet settings 'seanet' and 'mimi' share (their defaults: 'seanet''s; 'mimi'
+    overrides some); see :class:`SEANetConfig`."""
+
+    n_filters: int = 32
+    ratios: Tuple[int, ...] = (8, 5, 4, 2)
+    dimension: int = 128
+    n_residual_layers: int = 1
+    dilation_base: int = 2
+    kernel_size: int = 7
+    residual_kernel_size: int = 3
+    last_kernel_size: int = 7
+    compress: int = 2
+    causal: bool = True
+    true_skip: bool = True
+    weight_norm: bool = True
+    pad_mode: str = "constant"
+    activation: str = "elu"
+
+    def validate(self) -> None:
+        positive(self, "n_filters", "dimension", "dilation_base", "kernel_size",
+                 "residual_kernel_size", "last_kernel_size", "compress")
+        positive(self, "n_residual_layers", allow_zero=True)
+        if not self.ratios or min(self.ratios) < 1:
+            raise invalid("ratios", "a non-empty tuple of integers >= 1", self.ratios)
+        choice(self, "pad_mode", PAD_MODES)
+        choice(self, "activation", ACTIVATIONS)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.dimension
 
 
 @dataclasses.dataclass(frozen=True)
-class SEANetConfig(CodecConfig):
+class SEANetConfig(_SEANetSettings):
     """SEANet encoder / decoder (``codec/seanet.py``; its docstring draws the blocks).
 
     Attributes:
@@ -112,33 +135,15 @@ class SEANetConfig(CodecConfig):
       final_activation: applied to the decoder's output (None: none).
     """
 
-    n_filters: int = 32
-    ratios: Tuple[int, ...] = (8, 5, 4, 2)
-    dimension: int = 128
-    n_residual_layers: int = 1
-    dilation_base: int = 2
-    kernel_size: int = 7
-    residual_kernel_size: int = 3
-    last_kernel_size: int = 7
-    compress: int = 2
-    causal: bool = True
-    true_skip: bool = True
-    weight_norm: bool = True
-    pad_mode: str = "constant"
-    activation: str = "elu"
     final_activation: Optional[str] = None
 
     def validate(self) -> None:
-        _validate_seanet(self)
+        super().validate()
         choice(self, "final_activation", (None, "none") + ACTIVATIONS)
 
     @property
     def hop_length(self) -> int:
         return math.prod(self.ratios)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.dimension
 
 
 def build_seanet(cfg: SEANetConfig):
@@ -153,7 +158,7 @@ def build_seanet(cfg: SEANetConfig):
 
 # ----------------------------------------------------------------------------- 'mimi'
 @dataclasses.dataclass(frozen=True)
-class MimiConfig(CodecConfig):
+class MimiConfig(_SEANetSettings):
     """Kyutai's Mimi (``codec/mimi/networks.py``); defaults are the release's (24 kHz,
     12.5 Hz). The SEANet settings are as for :class:`SEANetConfig` (always causal), plus:
 
@@ -173,20 +178,12 @@ class MimiConfig(CodecConfig):
     pads_partial_frames = True
     streams = True
 
+    # The SEANet settings whose defaults differ from 'seanet''s (the others are inherited).
     n_filters: int = 64
     ratios: Tuple[int, ...] = (8, 6, 5, 4)
     dimension: int = 512
-    n_residual_layers: int = 1
-    dilation_base: int = 2
-    kernel_size: int = 7
-    residual_kernel_size: int = 3
     last_kernel_size: int = 3
-    compress: int = 2
-    causal: bool = True
-    true_skip: bool = True
     weight_norm: bool = False
-    pad_mode: str = "constant"
-    activation: str = "elu"
     trim_right_ratio: float = 1.0
     transformer_layers: int = 8
     transformer_heads: int = 8
@@ -199,7 +196,7 @@ class MimiConfig(CodecConfig):
     upsample_channelwise: bool = True
 
     def validate(self) -> None:
-        _validate_seanet(self)
+        super().validate()
         if not self.causal:
             raise invalid("causal", "True for kind 'mimi' (its networks stream)", self.causal)
         if self.trim_right_ratio != 1.0:
@@ -217,10 +214,6 @@ class MimiConfig(CodecConfig):
     @property
     def hop_length(self) -> int:
         return math.prod(self.ratios) * self.frame_downsample
-
-    @property
-    def latent_dim(self) -> int:
-        return self.dimension
 
     @property
     def max_stream_frames(self) -> Optional[int]:

@@ -27,61 +27,22 @@ This module imports nothing else of ``codec/``: the kinds import it, not the oth
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
 import flax.linen as nn
-import numpy as np
 
-from audiolm_jax.quantization.base import section_items
+from audiolm_jax.typed_config import KindRegistry, SectionConfig, setting_error
 
 DEFAULT_KIND = "seanet"
 
 
 def invalid(key: str, requirement: str, value: Any) -> ValueError:
     """The error of a bad setting; the message starts with the key's dotted name."""
-    return ValueError(f"model.{key} must be {requirement}, got {value!r}")
-
-
-def _coerce(key: str, default: Any, value: Any) -> Any:
-    """``value`` as the type of the field's default (configs read back from JSON hold lists
-    for tuples; numpy scalars come from scripts). A field whose default is None takes None or
-    a string."""
-    if default is None:
-        if value is not None and not isinstance(value, str):
-            raise invalid(key, "None or a string", value)
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, (bool, np.bool_)):
-            raise invalid(key, "True or False", value)
-        return bool(value)
-    if isinstance(default, int):
-        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise invalid(key, "an integer", value)
-    if isinstance(default, float):
-        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-            return float(value)
-        raise invalid(key, "a number", value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise invalid(key, "a string", value)
-        return value
-    if isinstance(default, tuple):
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise invalid(key, "a tuple of integers", value)
-        items = tuple(value)
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-                   for v in items):
-            raise invalid(key, "a tuple of integers", value)
-        return tuple(int(v) for v in items)
-    return value
+    return setting_error("model", key, requirement, value)
 
 
 @dataclasses.dataclass(frozen=True)
-class CodecConfig:
+class CodecConfig(SectionConfig):
     """What every codec kind's typed config provides. A kind subclasses this (frozen
     dataclass), declares its fields with their defaults, extends :meth:`validate`, and provides
     :attr:`hop_length` and :attr:`latent_dim` (fields or properties)."""
@@ -91,14 +52,17 @@ class CodecConfig:
     # The networks have a streaming mode: ``encoder(audio, streaming=True)`` and
     # ``decoder(latents, streaming=True)`` continue from buffers in the 'streaming' collection.
     streams: ClassVar[bool] = False
+    SECTION = "model"
+    SETTING = "codec"
 
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, f.default, getattr(self, f.name)))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad key."""
+    def coerce_field(self, key: str, default: Any, value: Any) -> Any:
+        """As for every typed config, and a field whose default is None takes None or a
+        string."""
+        if default is None:
+            if value is not None and not isinstance(value, str):
+                raise invalid(key, "None or a string", value)
+            return value
+        return super().coerce_field(key, default, value)
 
     @property
     def hop_length(self) -> int:
@@ -114,29 +78,6 @@ class CodecConfig:
         any number)."""
         return None
 
-    @classmethod
-    def field_names(cls) -> frozenset:
-        return frozenset(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_config(cls, section: Any, kind: str = "",
-                    other_keys: frozenset = frozenset()) -> "CodecConfig":
-        """This kind's settings from a ``model`` section; missing keys take the defaults.
-        ``kind`` is skipped, and so are ``other_keys`` (other kinds' settings); any other key
-        is an error naming it."""
-        own = cls.field_names()
-        values = {}
-        for key, value in section_items(section).items():
-            if key in own:
-                values[key] = value
-            elif key != "kind" and key not in other_keys:
-                raise ValueError(f"model.{key} is not a codec setting (kind "
-                                 f"{kind or cls.__name__!r} takes {sorted(own)})")
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 Builder = Callable[[Any], Tuple[nn.Module, nn.Module]]  # typed config -> (encoder, decoder)
 
@@ -146,7 +87,8 @@ class CodecKind(NamedTuple):
     builder: Builder
 
 
-_REGISTRY: Dict[str, CodecKind] = {}
+_KINDS = KindRegistry("model", DEFAULT_KIND)
+_REGISTRY: Dict[str, CodecKind] = _KINDS.kinds
 
 
 def register_codec(name: str, config_cls: Type[CodecConfig], builder: Builder) -> None:
@@ -163,15 +105,12 @@ def unregister_codec(name: str) -> None:
 
 
 def codec_kinds() -> List[str]:
-    return sorted(_REGISTRY)
+    return _KINDS.names()
 
 
 def codec_kind(section: Any) -> str:
     """The kind a ``model`` section names (default ``'seanet'``); ValueError if unknown."""
-    kind = section_items(section).get("kind", DEFAULT_KIND)
-    if kind not in _REGISTRY:
-        raise ValueError(f"model.kind must be one of {codec_kinds()}, got {kind!r}")
-    return kind
+    return _KINDS.kind_of(section)
 
 
 def codec_config(section: Any) -> CodecConfig:
@@ -179,9 +118,7 @@ def codec_config(section: Any) -> CodecConfig:
     :class:`CodecConfig` is returned as is. Raises ValueError naming the bad key."""
     if isinstance(section, CodecConfig):
         return section
-    kind = codec_kind(section)
-    other = frozenset().union(*(k.config_cls.field_names() for k in _REGISTRY.values()))
-    return _REGISTRY[kind].config_cls.from_config(section, kind, other)
+    return _KINDS.config(section)
 
 
 def codec_settings(section: Any) -> Dict[str, Any]:

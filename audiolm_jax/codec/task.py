@@ -32,7 +32,7 @@ from flax import struct
 from audiolm_jax.codec import losses as losses_lib
 from audiolm_jax.codec.model import build_codec
 from audiolm_jax.quantization import RNG, STATS, quantizer_config
-from audiolm_jax.quantization.init import kmeans_init_stats
+from audiolm_jax.quantization.init import kmeans_init_state
 from audiolm_jax.train.optim import make_optimizer
 from audiolm_jax.train.task import Task
 from audiolm_jax.workdir import samples_dir
@@ -216,9 +216,7 @@ class CodecTask(Task):
         """k-means codebook init on the first batch (all devices' vectors), before step 1."""
         if not self.has_stats:
             return state
-        return state.replace(vq_stats=kmeans_init_stats(
-            self.model, state.params, state.vq_stats, batch["audio"],
-            jax.random.fold_in(state.rng, 1)))
+        return kmeans_init_state(self.model, state, batch["audio"])
 
     def train_step(self, state: CodecState, batch: dict) -> tuple[CodecState, dict]:
         audio = batch["audio"]

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from audiolm_jax.data.sources import BadFileLog
+
 __all__ = ["TeacherFeatureSource", "features_path", "load_features"]
 
 
@@ -46,7 +48,7 @@ def load_features(path: str, dim: int | None = None) -> np.ndarray:
     return np.asarray(feats, np.float32)
 
 
-class TeacherFeatureSource:
+class TeacherFeatureSource(BadFileLog):
     """A folder source whose items also carry ``'features'`` [frames, dim] from the file beside
     each audio file. Items whose features are missing or malformed get an ``'error'``."""
 
@@ -80,21 +82,8 @@ class TeacherFeatureSource:
             return {**item, "audio": np.zeros((0,), np.float32), "error": str(e)}
         return item
 
-    def _note_bad(self, path: str, reason: str) -> None:
-        with self._lock:
-            first = path not in self.bad_files
-            self.bad_files[path] = reason
-        if first:
-            logging.warning("Skipping audio file without usable teacher features: %s", reason)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+    def _warn_bad(self, path: str, reason: str) -> None:
+        logging.warning("Skipping audio file without usable teacher features: %s", reason)
 
     def __repr__(self) -> str:
         return f"TeacherFeatureSource({self.source!r}, suffix={self.suffix!r}, dim={self.dim})"

@@ -69,7 +69,32 @@ def find_audio_files(folder: str | os.PathLike,
     return found
 
 
-class FolderSource:
+class BadFileLog:
+    """What a source that skips unusable files shares: ``bad_files`` (path -> reason),
+    recorded under ``_lock`` (both set by the source's ``__init__``), a warning the first time
+    a file fails (the source's ``_warn_bad``), and pickling without the lock."""
+
+    def _note_bad(self, path: str, reason: str) -> None:
+        with self._lock:
+            first = path not in self.bad_files
+            self.bad_files[path] = reason
+        if first:
+            self._warn_bad(path, reason)
+
+    def _warn_bad(self, path: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class FolderSource(BadFileLog):
     """Audio files in a folder tree as a random-access source.
 
     Items: ``{'audio': float32 [samples], 'index': int, 'path': str}``, plus
@@ -123,21 +148,8 @@ class FolderSource:
             item["segment"] = (first, frames)
         return item
 
-    def _note_bad(self, path: str, reason: str) -> None:
-        with self._lock:
-            first = path not in self.bad_files
-            self.bad_files[path] = reason
-        if first:
-            logging.warning("Skipping malformed audio file %s: %s", path, reason)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+    def _warn_bad(self, path: str, reason: str) -> None:
+        logging.warning("Skipping malformed audio file %s: %s", path, reason)
 
     def __repr__(self) -> str:
         return (f"FolderSource({self.folder!r}, sample_rate={self.sample_rate}, "

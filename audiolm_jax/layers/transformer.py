@@ -79,6 +79,9 @@ class TransformerConfig:
     mlp_hidden: int = 0  # an explicit hidden width instead (0: from mlp_ratio)
     norm: str = "layer"  # 'layer' | 'rms'
     norm_eps: float = 1e-5
+    # LayerNorm variance as E[x^2] - E[x]^2 in one pass (flax's default, the GPT's) or as
+    # E[(x - mean)^2] in two (Mimi: what its reference computes). RMSNorm ignores it.
+    norm_fast_variance: bool = True
     bias: bool = True  # biases of the projections
     norm_bias: Optional[bool] = None  # LayerNorm bias (None: same as ``bias``)
     rope: str = "none"  # 'none' | 'half' | 'interleaved'
@@ -172,7 +175,8 @@ def make_norm(cfg: TransformerConfig, name: Optional[str] = None) -> nn.Module:
     if cfg.norm == "rms":
         return RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, name=name)
     return nn.LayerNorm(
-        epsilon=cfg.norm_eps, use_bias=cfg.has_norm_bias, use_fast_variance=False,
+        epsilon=cfg.norm_eps, use_bias=cfg.has_norm_bias,
+        use_fast_variance=cfg.norm_fast_variance,
         dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
@@ -264,7 +268,11 @@ class Attention(_Projections):
         y = nn.with_logical_constraint(y, ACTIVATION_HEADS)
         out = self.weight("out_kernel", (H, D, W), ("heads", "kv", "embed"),
                           _init(cfg, (0, 1), (2,), residual=True))
-        y = self.project("bthd,hdw->btw", y, out, positions)
+        if cfg.weights_per_step:
+            y = self.project("bthd,hdw->btw", y, out, positions)
+        else:  # one [B, T, H*D] x [H*D, W] matmul: the 3-D einsum costs layout copies
+            B, T = y.shape[:2]
+            y = y.reshape(B, T, H * D) @ out.reshape(H * D, W).astype(cfg.dtype)
         if cfg.bias:
             y = y + self.bias("out_bias", (W,), ("embed",), positions)
         return nn.Dropout(cfg.dropout)(y, deterministic=not train), new_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from audiolm_jax.config_sections import mesh_section, optim_section, train_section
+
 
 def base_lm_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -22,15 +24,10 @@ def base_lm_config() -> ml_collections.ConfigDict:
         codebook_size=2048, num_levels=8, num_streams=1, drop_semantic=False))
     # Per-level loss weights, e.g. (10,) + (0.1,) * 7 or Moshi's semantic x100; () = equal.
     c.loss = ml_collections.ConfigDict(dict(level_weights=()))
-    c.optim = ml_collections.ConfigDict(dict(
-        learning_rate=1e-4, end_learning_rate=1e-5, warmup_steps=2000, schedule="cosine",
-        weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+    c.optim = optim_section(learning_rate=1e-4, end_learning_rate=1e-5, b2=0.95)
     c.data = ml_collections.ConfigDict(dict(tokens="", eval_fraction=0.0))
-    c.train = ml_collections.ConfigDict(dict(
-        name="lm", num_steps=100_000, batch_size=64, seed=0, checkpoint_every=1000,
-        log_every=50, sample_every=0, keep_checkpoints=3, async_checkpoints=True,
-        progress=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.train = train_section(name="lm", batch_size=64, sample_every=0)
+    c.mesh = mesh_section()
     return c
 
 

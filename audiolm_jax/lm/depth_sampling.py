@@ -24,7 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from audiolm_jax.lm.depth import DepthTransformerLM
-from audiolm_jax.lm.sampling import broadcast_forced, decode_loop, sample_with_noise
+from audiolm_jax.lm.sampling import (
+    broadcast_forced,
+    check_new_steps,
+    decode_loop,
+    sample_with_noise,
+)
 from audiolm_jax.lm.transformer import init_cache
 from audiolm_jax.runtime.xla_options import compiler_options
 
@@ -113,12 +118,7 @@ def generate_depth(model: DepthTransformerLM, params: Any, prompt_codes_layout,
     if prompt.ndim != 3 or prompt.shape[1] != R:
         raise ValueError(f"prompt must be [B, R={R}, P] in the depth layout, got shape "
                          f"{prompt.shape}")
-    if prompt.shape[-1] < 1:
-        raise ValueError("prompt must hold at least one step")
-    num_new = int(num_new_frames)
-    if num_new < 0:
-        raise ValueError(f"num_new_frames must be >= 0, got {num_new}")
-    total = prompt.shape[-1] + num_new
+    num_new, total = check_new_steps(prompt, num_new_frames, name="num_new_frames", unit="step")
     if total > context:
         raise ValueError(f"prompt ({prompt.shape[-1]} steps) + num_new_frames ({num_new}) = "
                          f"{total} exceeds the model's context of {context} steps")

@@ -52,7 +52,7 @@ from audiolm_jax.runtime.xla_options import compiler_options
 
 __all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
            "segment_plan", "grow_cache", "scan_growing_cache", "decode_loop",
-           "generate", "generate_cache_size", "delay_special_mask",
+           "generate", "generate_cache_size", "check_new_steps", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
 
 GREEDY_EPS = 1e-6  # temperature at or below this is greedy argmax
@@ -352,12 +352,7 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
     if prompt.ndim != want or (want == 3 and prompt.shape[1] != cfg.num_levels):
         raise ValueError(f"prompt must be {'[B, P]' if want == 2 else '[B, K, P]'} with "
                          f"K={cfg.num_levels}, got shape {prompt.shape}")
-    if prompt.shape[-1] < 1:
-        raise ValueError("prompt must hold at least one token")
-    num_new = int(num_new)
-    if num_new < 0:
-        raise ValueError(f"num_new must be >= 0, got {num_new}")
-    total = prompt.shape[-1] + num_new
+    num_new, total = check_new_steps(prompt, num_new)
     max_length = total if max_length is None else int(max_length)
     if max_length < total:
         raise ValueError(f"max_length {max_length} < prompt + num_new = {total}")
@@ -372,6 +367,18 @@ def generate(model: Transformer, params: Any, prompt, num_new: int, rng: jax.Arr
                          allowed_vocab=None if allowed_vocab is None else int(allowed_vocab),
                          use_top_p=not _keeps_everything(top_p),
                          segments=None if cache_segments is None else int(cache_segments))
+
+
+def check_new_steps(prompt, num_new, *, name: str = "num_new",
+                    unit: str = "token") -> Tuple[int, int]:
+    """``(num_new, prompt steps + num_new)`` for a sampler; ValueError (naming the argument
+    ``name``) when the prompt holds no ``unit`` or ``num_new`` is negative."""
+    if prompt.shape[-1] < 1:
+        raise ValueError(f"prompt must hold at least one {unit}")
+    num_new = int(num_new)
+    if num_new < 0:
+        raise ValueError(f"{name} must be >= 0, got {num_new}")
+    return num_new, prompt.shape[-1] + num_new
 
 
 def broadcast_forced(forced, forced_mask, out_shape):

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from typing import Any, ClassVar, Dict, Mapping
+from typing import Any, ClassVar, Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from audiolm_jax.typed_config import SectionConfig, setting_error
 
 Array = jax.Array
 
@@ -53,49 +53,11 @@ def usage_perplexity(counts: Array) -> Dict[str, Array]:
 
 def invalid(key: str, requirement: str, value: Any) -> ValueError:
     """The error of a bad setting; the message starts with the key's dotted name."""
-    return ValueError(f"quantizer.{key} must be {requirement}, got {value!r}")
-
-
-def _coerce(key: str, default: Any, value: Any) -> Any:
-    """``value`` as the type of the field's default (configs read back from JSON hold lists
-    for tuples; numpy scalars come from scripts)."""
-    if isinstance(default, bool):
-        if not isinstance(value, (bool, np.bool_)):
-            raise invalid(key, "True or False", value)
-        return bool(value)
-    if isinstance(default, int):
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise invalid(key, "an integer", value)
-    if isinstance(default, float):
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        raise invalid(key, "a number", value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise invalid(key, "a string", value)
-        return value
-    if isinstance(default, tuple):
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise invalid(key, "a tuple of integers", value)
-        items = tuple(value)
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
-            raise invalid(key, "a tuple of integers", value)
-        return tuple(int(v) for v in items)
-    return value
-
-
-def section_items(section: Any) -> Dict[str, Any]:
-    """The keys and values of a config section: a ConfigDict, a mapping or a plain object."""
-    if isinstance(section, Mapping) or hasattr(section, "keys"):
-        return {str(k): section[k] for k in section.keys()}
-    return {k: v for k, v in vars(section).items() if not k.startswith("_")}
+    return setting_error("quantizer", key, requirement, value)
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
+class QuantizerConfig(SectionConfig):
     """Settings every quantizer kind has. A kind subclasses this, adds its fields with their
     defaults, declares ``has_stats`` and extends :meth:`validate`; it must also provide
     ``codebook_size`` (codes per level), as a field or a property.
@@ -112,6 +74,8 @@ class QuantizerConfig:
     # Whether the built quantizer keeps EMA statistics in the STATS collection (and so wants
     # ``mutable=[STATS]`` in training and a k-means init on the first batch).
     has_stats: ClassVar[bool] = False
+    SECTION = "quantizer"
+    SETTING = "quantizer"
 
     num_levels: int = 8
     codebook_dim: int = 0
@@ -122,9 +86,7 @@ class QuantizerConfig:
     def __post_init__(self):
         if self.codebook_dim is None:  # older configs wrote None for "the latent dimension"
             object.__setattr__(self, "codebook_dim", 0)
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, f.default, getattr(self, f.name)))
-        self.validate()
+        super().__post_init__()
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad key."""
@@ -136,32 +98,6 @@ class QuantizerConfig:
             raise invalid("dropout_mode", "one of ['batch', 'sample']", self.dropout_mode)
         if not 0.0 <= self.no_quant_rate <= 1.0:
             raise invalid("no_quant_rate", "in [0, 1]", self.no_quant_rate)
-
-    @classmethod
-    def field_names(cls) -> frozenset:
-        return frozenset(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_config(cls, section: Any, kind: str = "",
-                    other_keys: frozenset = frozenset()) -> "QuantizerConfig":
-        """This kind's settings from a config section; missing keys take the defaults.
-
-        ``kind`` is skipped, and so are keys in ``other_keys`` (the settings of other kinds:
-        one section can carry every kind's keys, so switching ``kind`` is one override).
-        Any other key is an error naming it.
-        """
-        own = cls.field_names()
-        values = {}
-        for key, value in section_items(section).items():
-            if key in own:
-                values[key] = value
-            elif key != "kind" and key not in other_keys:
-                raise ValueError(f"quantizer.{key} is not a quantizer setting (kind "
-                                 f"{kind or cls.__name__!r} takes {sorted(own)})")
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def bits_per_frame(self) -> float:

@@ -22,3 +22,11 @@ def kmeans_init_stats(model: nn.Module, params: Any, vq_stats: Any, inputs: Any,
                              init_codebooks=True, rngs={RNG: rng}, mutable=[STATS],
                              **call_kwargs)
     return mutated[STATS]
+
+
+def kmeans_init_state(model: nn.Module, state: Any, inputs: Any) -> Any:
+    """A train state (``params``, ``vq_stats``, ``rng``) with its ``vq_stats`` after
+    :func:`kmeans_init_stats` on ``inputs`` (the first batch), with the rng
+    ``fold_in(state.rng, 1)``; the state's own rng is left as it is."""
+    return state.replace(vq_stats=kmeans_init_stats(
+        model, state.params, state.vq_stats, inputs, jax.random.fold_in(state.rng, 1)))

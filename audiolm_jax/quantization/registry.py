@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Type
 
 import flax.linen as nn
 
-from audiolm_jax.quantization.base import QuantizerConfig, section_items
+from audiolm_jax.quantization.base import QuantizerConfig
+from audiolm_jax.typed_config import KindRegistry
 
 DEFAULT_KIND = "rvq"
 
@@ -27,7 +28,8 @@ class QuantizerKind(NamedTuple):
     builder: Callable[[Any, int], nn.Module]  # (typed config, latent_dim) -> module
 
 
-_REGISTRY: Dict[str, QuantizerKind] = {}
+_KINDS = KindRegistry("quantizer", DEFAULT_KIND)
+_REGISTRY: Dict[str, QuantizerKind] = _KINDS.kinds
 
 
 def register_quantizer(name: str, config_cls: Type[QuantizerConfig],
@@ -40,14 +42,7 @@ def register_quantizer(name: str, config_cls: Type[QuantizerConfig],
 
 
 def quantizer_kinds() -> List[str]:
-    return sorted(_REGISTRY)
-
-
-def _kind_of(section: Any) -> str:
-    kind = section_items(section).get("kind", DEFAULT_KIND)
-    if kind not in _REGISTRY:
-        raise ValueError(f"quantizer.kind must be one of {quantizer_kinds()}, got {kind!r}")
-    return kind
+    return _KINDS.names()
 
 
 def quantizer_config(section: Any) -> QuantizerConfig:
@@ -55,15 +50,13 @@ def quantizer_config(section: Any) -> QuantizerConfig:
     a :class:`QuantizerConfig` is returned as is. Raises ValueError naming the bad key."""
     if isinstance(section, QuantizerConfig):
         return section
-    kind = _kind_of(section)
-    other = frozenset().union(*(k.config_cls.field_names() for k in _REGISTRY.values()))
-    return _REGISTRY[kind].config_cls.from_config(section, kind, other)
+    return _KINDS.config(section)
 
 
 def quantizer_settings(section: Any) -> Dict[str, Any]:
     """``{'kind': ..., every setting of that kind}``, defaults filled in: what the section
     means, whatever other kinds' keys it also carries."""
-    return {"kind": _kind_of(section), **quantizer_config(section).to_dict()}
+    return {"kind": _KINDS.kind_of(section), **quantizer_config(section).to_dict()}
 
 
 def quantizer_section(kind: str = DEFAULT_KIND) -> Dict[str, Any]:
@@ -75,7 +68,7 @@ def quantizer_section(kind: str = DEFAULT_KIND) -> Dict[str, Any]:
             if key in out and out[key] != value:
                 raise ValueError(f"quantizer.{key} has different defaults in different kinds")
             out[key] = value
-    _kind_of(out)
+    _KINDS.kind_of(out)
     return out
 
 

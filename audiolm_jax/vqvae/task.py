@@ -18,7 +18,7 @@ import optax
 from flax import struct
 
 from audiolm_jax.quantization import RNG, STATS, quantizer_config
-from audiolm_jax.quantization.init import kmeans_init_stats
+from audiolm_jax.quantization.init import kmeans_init_state
 from audiolm_jax.train.optim import make_optimizer
 from audiolm_jax.train.task import Task
 from audiolm_jax.vqvae.data import class_name
@@ -81,9 +81,7 @@ class VQVAETask(Task):
         """k-means codebook init on the first batch, before step 1 (see the codec task)."""
         if not (self.quantize and self.has_stats):
             return state
-        return state.replace(vq_stats=kmeans_init_stats(
-            self.model, state.params, state.vq_stats, batch["image"],
-            jax.random.fold_in(state.rng, 1)))
+        return kmeans_init_state(self.model, state, batch["image"])
 
     def train_step(self, state: VQVAEState, batch: dict) -> tuple[VQVAEState, dict]:
         images = batch["image"]

@@ -65,6 +65,7 @@ def transformer_config(mcfg: Any) -> TransformerConfig | None:
     return TransformerConfig(
         num_layers=m.transformer_layers, num_heads=m.transformer_heads, width=m.dimension,
         mlp="gelu", mlp_hidden=m.transformer_ffn_dim, norm="layer", norm_eps=m.norm_eps,
+        norm_fast_variance=False,
         bias=False, norm_bias=True, rope="half", rope_base=m.rope_max_period,
         layer_scale=m.layer_scale, window=context, attention="blocked",
         attention_block=context, init="lecun")

@@ -46,6 +46,10 @@ flags.DEFINE_integer("corpus_seed", 0, "make-corpus: corpus seed (same seed, sam
 flags.DEFINE_string("weights", None, "import-mimi: released Mimi weights (.safetensors).")
 flags.DEFINE_integer("num_codebooks", 8, "import-mimi: codebooks to keep (1 semantic + N-1 acoustic).")
 flags.DEFINE_enum("format", "orbax", ["orbax", "safetensors"], "export: weight file format.")
+flags.DEFINE_string("topology", None, "compile: Cloud TPU accelerator type, e.g. v5p-8, v5e-16.")
+flags.DEFINE_integer("num_slices", 1, "compile: number of slices (multi-slice over DCN).")
+flags.DEFINE_enum("what", "train", ["train", "decode"],
+                  "compile: the training step, or the LM's one-token decoding step.")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process run: HOST:PORT of process 0 (else $AUDIOLM_JAX_COORDINATOR; "
                     "Cloud TPU slices and SLURM are detected without flags).")
@@ -74,6 +78,9 @@ commands:
   export       --workdir=DIR --out=EXPORT [--format=orbax|safetensors]   inference weights +
                config only; encode/decode/reconstruct/tokenize/generate/eval-lm take EXPORT as
                their workdir
+  compile      --config=FILE --topology=v5p-8 [--num_slices=N --what=train|decode]
+               [--config.key=value ...]   compile the step for a TPU slice on this machine
+               (needs the tpu extra) and print memory, FLOPs, estimated step time, MFU as JSON
   encode       --workdir=DIR IN.wav OUT.npy
   decode       --workdir=DIR IN.npy OUT.wav
   reconstruct  --workdir=DIR IN.wav OUT.wav
@@ -182,6 +189,7 @@ def cmd_train_lm(argv):
     import jax
 
     from audiolm_jax.config_check import check_lm_config
+    from audiolm_jax.lm.config import model_settings
     from audiolm_jax.lm.run import train_lm
     from audiolm_jax.workdir import check_resume_matches
 
@@ -190,7 +198,7 @@ def cmd_train_lm(argv):
         raise UsageError("--config is required (e.g. --config=configs/lm/article_codec_flat.py)")
     workdir = _require(FLAGS.workdir, "workdir")
     check_lm_config(FLAGS.config, jax.device_count())
-    check_resume_matches(workdir, FLAGS.config, ("model",))
+    check_resume_matches(workdir, FLAGS.config, ("model",), views={"model": model_settings})
     print(json.dumps(train_lm(FLAGS.config, workdir)))
 
 
@@ -411,6 +419,26 @@ def cmd_export(argv):
                             fmt=FLAGS.format, tasks=TASKS)))
 
 
+def cmd_compile(argv):
+    _positional(argv, [])
+    if FLAGS.config is None:
+        raise UsageError("--config is required (e.g. --config=configs/lm/mulaw_baseline.py)")
+    topology = _require(FLAGS.topology, "topology")
+    from audiolm_jax.aot.topology import quiet_libtpu
+
+    quiet_libtpu()  # before JAX starts: this machine only compiles for the slice
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from audiolm_jax.aot.report import compile_experiment
+    from audiolm_jax.aot.topology import TPUUnavailable
+
+    try:
+        report = compile_experiment(FLAGS.config, topology, what=FLAGS.what,
+                                    num_slices=FLAGS.num_slices)
+    except TPUUnavailable as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(report, indent=1))
+
+
 COMMANDS = {
     "quickstart": cmd_quickstart,
     "make-corpus": cmd_make_corpus,
@@ -427,6 +455,7 @@ COMMANDS = {
     "export": cmd_export,
     "precompute-teacher": cmd_precompute_teacher,
     "import-mimi": cmd_import_mimi,
+    "compile": cmd_compile,
 }
 
 

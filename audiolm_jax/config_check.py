@@ -12,6 +12,8 @@ from typing import Any, Iterable
 from audiolm_jax.codec.registry import codec_config
 from audiolm_jax.codec.teachers import make_teacher
 from audiolm_jax.errors import ConfigError
+from audiolm_jax.layers.attention import KINDS as ATTENTION_KINDS
+from audiolm_jax.layers.transformer import REMAT_POLICIES
 from audiolm_jax.lm.patterns import layout_names
 from audiolm_jax.quantization import quantizer_config
 from audiolm_jax.train.mesh import resolve_mesh_shape
@@ -157,8 +159,9 @@ def check_distill(config: Any) -> None:
                           f"{suffix!r}")
 
 
-def check_lm_config(config: Any, num_devices: int | None = None) -> None:
-    """Raises ConfigError naming the first bad key of a language-model config."""
+def check_lm_model(config: Any) -> None:
+    """Raises ConfigError naming the first bad key of a language-model config's model, token,
+    loss and optimiser settings (what compiling it needs; no data)."""
     for key in ("model.num_layers", "model.num_heads", "model.width", "model.context",
                 "model.mlp_ratio", "train.num_steps", "train.batch_size",
                 "train.checkpoint_every", "tokens.codebook_size", "tokens.num_streams"):
@@ -171,8 +174,17 @@ def check_lm_config(config: Any, num_devices: int | None = None) -> None:
     if config.model.width % config.model.num_heads:
         raise ConfigError(f"config key 'model.width' ({config.model.width}) must be divisible "
                           f"by 'model.num_heads' ({config.model.num_heads})")
+    if config.model.get("attention") is not None:
+        _choice(config, "model.attention", ATTENTION_KINDS)
+    if config.model.get("remat_policy") is not None:
+        _choice(config, "model.remat_policy", set(REMAT_POLICIES) - {"none"})
     _number(config, "model.dropout", 0.0, 1.0)
     _number(config, "optim.learning_rate", 0.0, lo_open=True)
+
+
+def check_lm_config(config: Any, num_devices: int | None = None) -> None:
+    """Raises ConfigError naming the first bad key of a language-model config."""
+    check_lm_model(config)
     _number(config, "data.eval_fraction", 0.0, 1.0)
     tokens = _get(config, "data.tokens")
     if not isinstance(tokens, str) or not tokens:

@@ -13,6 +13,12 @@ os.environ["XLA_FLAGS"] = (
     " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# With the tpu extra installed (for the TPU compile tests): no libtpu host-detection noise on
+# stderr and no /tmp/tpu_logs files (audiolm_jax/aot/topology.py:quiet_libtpu).
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TPU_LOG_DIR", "disabled")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"audiolm_jax_jit_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")

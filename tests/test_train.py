@@ -40,8 +40,10 @@ def _run(config, devices, batches):
                               devices)
     task = CodecTask(config)
     losses = []
+    rng = jax.random.PRNGKey(0)  # made outside the mesh, as train_loop makes it: the same
+    # compiled init as the loop's (test_nan_loss_stops_and_keeps_last_checkpoint's)
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
-        state, shardings, _ = initial_state(task, mesh, jax.random.PRNGKey(0))
+        state, shardings, _ = initial_state(task, mesh, rng)
         step = compile_step(task, shardings, mesh)
         first = compile_init_step(task, shardings, mesh)
         for i, b in enumerate(batches):
@@ -94,10 +96,13 @@ class ListIterator:
         self.pos = state["pos"]
 
 
-def _loop_config(steps):
+def _loop_config():
+    """tiny_cnn_config on all 8 devices, as the loop runs it. Its train.num_steps (20, which
+    the learning-rate schedule is compiled with) is kept: the loop's programs (init, first
+    step, step) are then those of test_sharded_step_equals_unsharded's 8-device run, which
+    the persistent compilation cache (conftest.py) holds."""
     c = tiny_cnn_config()
-    c.train.update(num_steps=steps, checkpoint_every=3, log_every=1, async_checkpoints=False,
-                   progress=False)
+    c.train.update(checkpoint_every=3, log_every=1, async_checkpoints=False, progress=False)
     c.mesh.update(data=-1, fsdp=1, tensor=1)
     return c
 
@@ -109,7 +114,7 @@ def _loop_config(steps):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     batches = _batches(6, 8, 4096, seed=2)
     batches[4] = {"audio": np.full_like(batches[4]["audio"], np.nan)}
-    c = _loop_config(6)
+    c = _loop_config()  # 20 steps: the NaN at step 5 stops it (batch 7 would not exist)
     with pytest.raises(NonFiniteLossError, match="step 5.*step 3"):
         train_loop(CodecTask(c), c, str(tmp_path), ListIterator(batches))
     from audiolm_jax.train.checkpoint import Checkpointer

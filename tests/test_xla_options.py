@@ -44,13 +44,18 @@ def test_tasks_name_their_programs_and_the_loop_asks_the_runtime(monkeypatch):
     assert not hasattr(LMTask, "compiler_options")
     asked, jitted = [], []
     monkeypatch.setattr(xla_options, "compiler_options",
-                        lambda program: asked.append(program) or {"marker": program})
+                        lambda program, target=None: asked.append((program, target))
+                        or {"marker": program})
     monkeypatch.setattr(loop.jax, "jit", lambda f, **kw: jitted.append(kw) or f)
     task = type("T", (), {"program": "lm_train", "train_step": None})()
     monkeypatch.setattr(loop.mesh_lib, "batch_sharding", lambda mesh, n: None)
     monkeypatch.setattr(loop.mesh_lib, "replicated", lambda mesh: None)
-    loop.compile_step(task, None, None)
-    assert asked == ["lm_train"] and jitted[0]["compiler_options"] == {"marker": "lm_train"}
+    # The platform the step is compiled for is the mesh's (a TPU slice compiled for ahead of
+    # time gets no CPU options).
+    mesh = type("M", (), {"devices": np.array([jax.devices()[0]])})()
+    loop.compile_step(task, None, mesh)
+    assert asked == [("lm_train", "cpu")]
+    assert jitted[0]["compiler_options"] == {"marker": "lm_train"}
 
 
 def _tiny():

@@ -57,17 +57,30 @@ def base_codec_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _cpu_cnn_config(name: str, *, latent_dim: int, codebook_size: int, kmeans_iters: int,
+                    warmup_steps: int, seconds: float, crop_length: int, utterances: int,
+                    num_eval: int, num_steps: int, every: int,
+                    sample_every: int) -> ml_collections.ConfigDict:
+    """The article's CNN codec (7 stride-2 blocks, 125 Hz at 16 kHz) at half width with 2
+    residual blocks per stage, 4 levels, batch 8, no weight decay: the CPU-sized codecs."""
+    c = base_codec_config()
+    c.train.name = name
+    c.model.update(kind="cnn", channels=16, latent_dim=latent_dim, num_blocks=7, res_blocks=2)
+    c.quantizer.update(num_levels=4, codebook_size=codebook_size, kmeans_iters=kmeans_iters)
+    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=warmup_steps,
+                   weight_decay=0.0)
+    c.data.update(crop_length=crop_length, synthetic_utterances=utterances,
+                  synthetic_seconds=seconds, num_eval=num_eval, eval_seconds=seconds)
+    c.train.update(num_steps=num_steps, batch_size=8, checkpoint_every=every, log_every=5,
+                   sample_every=sample_every)
+    return c
+
+
 def tiny_cnn_config() -> ml_collections.ConfigDict:
     """The article's codec shrunk to run in seconds on a CPU (tests, smoke runs)."""
-    c = base_codec_config()
-    c.train.name = "tiny_cnn"
-    c.model.update(kind="cnn", channels=16, latent_dim=16, num_blocks=7, res_blocks=2)
-    c.quantizer.update(num_levels=4, codebook_size=64, kmeans_iters=10)
-    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=10, weight_decay=0.0)
-    c.data.update(crop_length=4096, synthetic_utterances=64, synthetic_seconds=1.0, num_eval=2,
-                  eval_seconds=1.0)
-    c.train.update(num_steps=20, batch_size=8, checkpoint_every=10, log_every=5, sample_every=0)
-    return c
+    return _cpu_cnn_config("tiny_cnn", latent_dim=16, codebook_size=64, kmeans_iters=10,
+                           warmup_steps=10, seconds=1.0, crop_length=4096, utterances=64,
+                           num_eval=2, num_steps=20, every=10, sample_every=0)
 
 
 def tiny_soundstream_config() -> ml_collections.ConfigDict:
@@ -85,20 +98,12 @@ def tiny_soundstream_config() -> ml_collections.ConfigDict:
 
 
 def quickstart_config() -> ml_collections.ConfigDict:
-    """The README's main job: a small article-style codec on the built-in corpus, CPU minutes.
-
-    The article's architecture (7 stride-2 blocks, 125 Hz at 16 kHz) at half width with 2
-    residual blocks per stage; about 0.16 s a step on 2 CPU cores (BUILD_NOTES.md).
-    """
-    c = base_codec_config()
-    c.train.name = "quickstart"
-    c.model.update(kind="cnn", channels=16, latent_dim=32, num_blocks=7, res_blocks=2)
-    c.quantizer.update(num_levels=4, codebook_size=256, kmeans_iters=20)
-    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=50, weight_decay=0.0)
-    c.data.update(crop_length=8192, synthetic_utterances=512, synthetic_seconds=2.0, num_eval=4,
-                  eval_seconds=2.0)
-    c.train.update(num_steps=600, batch_size=8, checkpoint_every=200, log_every=10,
-                   sample_every=200)
+    """The README's main job: a small article-style codec on the built-in corpus, CPU minutes
+    (about 0.16 s a step on 2 CPU cores, BUILD_NOTES.md)."""
+    c = _cpu_cnn_config("quickstart", latent_dim=32, codebook_size=256, kmeans_iters=20,
+                        warmup_steps=50, seconds=2.0, crop_length=8192, utterances=512,
+                        num_eval=4, num_steps=600, every=200, sample_every=200)
+    c.train.log_every = 10
     return c
 
 

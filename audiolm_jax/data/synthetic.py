@@ -314,6 +314,13 @@ def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: in
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
+def _describe(corpus: Any, **sizes: Any) -> str:
+    """A corpus's repr: its class, its sizes, then the settings every corpus has."""
+    settings = dict(sample_rate=corpus.sample_rate, **sizes, seed=corpus.seed,
+                    num_voices=corpus.num_voices, split=corpus.split)
+    return f"{type(corpus).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+
+
 class SyntheticSpeechCorpus:
     """Deterministic speech-like corpus (a grain ``RandomAccessDataSource``).
 
@@ -372,10 +379,8 @@ class SyntheticSpeechCorpus:
         return {"audio": audio, "voice": voice, "index": index}
 
     def __repr__(self) -> str:
-        return (f"SyntheticSpeechCorpus(sample_rate={self.sample_rate}, "
-                f"num_utterances={self.num_utterances}, "
-                f"utterance_seconds={self.utterance_seconds}, seed={self.seed}, "
-                f"num_voices={self.num_voices}, split={self.split!r})")
+        return _describe(self, num_utterances=self.num_utterances,
+                         utterance_seconds=self.utterance_seconds)
 
 
 def write_synthetic_wavs(folder: str | os.PathLike, n: int, sample_rate: int = 16000,
@@ -471,10 +476,8 @@ class SyntheticDialogueCorpus:
                 "index": index}
 
     def __repr__(self) -> str:
-        return (f"SyntheticDialogueCorpus(sample_rate={self.sample_rate}, "
-                f"num_dialogues={self.num_dialogues}, "
-                f"seconds={self.num_samples / self.sample_rate}, seed={self.seed}, "
-                f"num_voices={self.num_voices}, split={self.split!r})")
+        return _describe(self, num_dialogues=self.num_dialogues,
+                         seconds=self.num_samples / self.sample_rate)
 
 
 def write_synthetic_dialogues(folder: str | os.PathLike, n: int, sample_rate: int = 16000,

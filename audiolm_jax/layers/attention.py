@@ -8,8 +8,19 @@ transformer config's ``attention``:
   (``0 .. (i+1) * block - 1``, and with a ``window`` only the last ``window`` of those), so
   the masked upper triangle is never computed and memory grows with ``T * (block + window)``
   instead of ``T ** 2``. Equal to ``"xla"`` up to float rounding.
+* ``"dot_product"``: :func:`jax.nn.dot_product_attention` (XLA's fused attention; cuDNN's
+  flash attention on a GPU when the shapes and dtypes allow it). No attention-probability
+  dropout.
+* ``"splash"``: the Pallas splash-attention kernel on a TPU
+  (:mod:`audiolm_jax.layers.tpu_attention`): flash attention that skips every block the
+  causal (or window) mask hides, run per device inside a ``shard_map`` under a mesh (batch
+  and heads split as the ``activation_batch`` / ``activation_heads`` rules say). Chosen when
+  the program is lowered: a TPU gets the kernel, any other platform ``"dot_product"``, so
+  the same config runs everywhere. No attention-probability dropout; ``block`` is not used
+  (the kernel's blocks are 512, or ``T`` rounded up to 128 when shorter).
 
-Decoding against a KV cache of ``[B * H, S, D]`` rows per layer (row ``b * H + h``):
+Decoding against a KV cache of ``[B * H, S, D]`` rows per layer (row ``b * H + h``), the
+same for every kind above:
 
 * :func:`full_cache_attention`: a cache of every position so far; the chunk's keys are
   written at slots ``index .. index + T - 1`` first, then each query reads the slots up to
@@ -29,7 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("xla", "blocked")
+from audiolm_jax.layers import tpu_attention
+
+KINDS = ("xla", "blocked", "dot_product", "splash")
+# kernels that never materialise the probabilities: no probs dropout
+FUSED = ("dot_product", "splash")
 NEG = jnp.finfo(jnp.float32).min
 
 # probs float32 [..., T, S] -> probs (dropout); identity at inference.
@@ -64,6 +79,15 @@ def causal_attention(q, k, v, *, window: int = 0, kind: str = "blocked", block: 
     ``window``, query i sees keys ``i - window + 1 .. i``."""
     if kind not in KINDS:
         raise ValueError(f"attention must be one of {KINDS}, got {kind!r}")
+    if kind in FUSED:
+        if probs_fn is not None:
+            raise ValueError(f"attention={kind!r} has no attention-probability dropout: "
+                             "train it with dropout=0 or use attention='blocked'")
+        if kind == "splash":
+            return tpu_attention.splash_or_reference(
+                q, k, v, window=window,
+                reference=lambda q, k, v: _dot_product(q, k, v, window))
+        return _dot_product(q, k, v, window)
     T = q.shape[1]
     if kind == "blocked" and block and T > block:
         return _blocked(q, k, v, window, block, probs_fn)
@@ -71,6 +95,13 @@ def causal_attention(q, k, v, *, window: int = 0, kind: str = "blocked", block: 
     pos = np.arange(T)
     return _softmax_attend(scores * _scale(q.shape[-1]), allowed(pos, pos, window), v,
                            probs_fn, "bhts,bshd->bthd")
+
+
+def _dot_product(q, k, v, window: int):
+    # cuDNN only takes 16-bit inputs; None lets JAX pick it where it applies, else XLA.
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, local_window_size=(window - 1, 0) if window else None,
+        implementation=None)
 
 
 def _blocked(q, k, v, window: int, block: int, probs_fn):

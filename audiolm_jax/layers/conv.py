@@ -167,7 +167,32 @@ def conv1d_valid(x: Array, kernel: Array, stride: int = 1, dilation: int = 1,
         feature_group_count=groups, dimension_numbers=("NWC", "WIO", "NWC"))
 
 
-class Conv1d(nn.Module):
+class _ConvBase(nn.Module):
+    """What a convolution and a transposed convolution share: the kernel ``[kernel_size,
+    C_in // groups, features]`` (weight-normed or plain) and the optional bias."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    groups: int = 1
+    weight_norm: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = default_kernel_init
+
+    def _kernel(self, in_ch: int) -> Array:
+        if in_ch % self.groups or self.features % self.groups:
+            raise ValueError("channels must be divisible by groups")
+        return make_kernel(self, (self.kernel_size, in_ch // self.groups, self.features),
+                           self.weight_norm, self.kernel_init)
+
+    def _add_bias(self, y: Array) -> Array:
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y + bias.astype(y.dtype)
+
+
+class Conv1d(_ConvBase):
     """1-D convolution on ``[B, T, C_in]`` → ``[B, T', features]``.
 
     With ``padding`` 'causal' / 'same' / 'reflect' and T a multiple of ``stride``, T' = T / stride.
@@ -175,22 +200,12 @@ class Conv1d(nn.Module):
     module docstring).
     """
 
-    features: int
-    kernel_size: int
-    stride: int = 1
     dilation: int = 1
-    groups: int = 1
     padding: Any = "same"  # 'causal' | 'same' | 'reflect' | 'valid' | int | (left, right)
     pad_mode: str = "constant"  # 'constant' | 'reflect' | 'replicate' ('reflect' padding forces reflect)
-    weight_norm: bool = False
-    use_bias: bool = True
-    kernel_init: Initializer = default_kernel_init
 
     @nn.compact
     def __call__(self, x: Array, streaming: bool = False) -> Array:
-        in_ch = x.shape[-1]
-        if in_ch % self.groups or self.features % self.groups:
-            raise ValueError("channels must be divisible by groups")
         if streaming:
             x = self._stream_input(x)
         else:
@@ -198,13 +213,9 @@ class Conv1d(nn.Module):
                                          self.dilation, self.padding)
             mode = "reflect" if self.padding == "reflect" else self.pad_mode
             x = pad1d(x, left, right, mode)
-        kernel = make_kernel(self, (self.kernel_size, in_ch // self.groups, self.features),
-                             self.weight_norm, self.kernel_init)
+        kernel = self._kernel(x.shape[-1])
         y = conv1d_valid(x, kernel.astype(x.dtype), self.stride, self.dilation, self.groups)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(y.dtype)
-        return y
+        return self._add_bias(y)
 
     def _stream_input(self, x: Array) -> Array:
         """The chunk ``x`` behind the carried inputs it needs (the causal left padding on the
@@ -273,7 +284,7 @@ def conv_transpose1d_full(x: Array, kernel: Array, stride: int, groups: int = 1)
     return y[:, : (T - 1) * stride + k]
 
 
-class ConvTranspose1d(nn.Module):
+class ConvTranspose1d(_ConvBase):
     """Transposed 1-D convolution ``[B, T, C_in]`` → ``[B, T * stride, features]``.
 
     Output before trimming has ``(T - 1) * stride + kernel_size`` samples. Trimming:
@@ -284,35 +295,17 @@ class ConvTranspose1d(nn.Module):
     ``padding``): ``x`` is the next chunk of a signal (see the module docstring).
     """
 
-    features: int
-    kernel_size: int
-    stride: int = 1
-    groups: int = 1
     causal: bool = True
     trim_right_ratio: float = 1.0
     padding: int | None = None
-    weight_norm: bool = False
-    use_bias: bool = True
-    kernel_init: Initializer = default_kernel_init
 
     @nn.compact
     def __call__(self, x: Array, streaming: bool = False) -> Array:
-        in_ch = x.shape[-1]
         k, s = self.kernel_size, self.stride
-        if in_ch % self.groups or self.features % self.groups:
-            raise ValueError("channels must be divisible by groups")
-        kernel = make_kernel(self, (k, in_ch // self.groups, self.features), self.weight_norm,
-                             self.kernel_init)
-        y = conv_transpose1d_full(x, kernel, s, self.groups)
+        y = conv_transpose1d_full(x, self._kernel(x.shape[-1]), s, self.groups)
         if streaming:
-            y = self._stream_output(y, x.shape[1] * s)
-            if self.use_bias:
-                bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-                y = y + bias.astype(y.dtype)
-            return y
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(y.dtype)
+            return self._add_bias(self._stream_output(y, x.shape[1] * s))
+        y = self._add_bias(y)
         if self.padding is not None:
             left = right = int(self.padding)
         else:

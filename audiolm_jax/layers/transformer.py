@@ -48,6 +48,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from audiolm_jax.layers import attention as attention_lib
 from audiolm_jax.layers.params import lecun, normal, param
@@ -63,6 +64,19 @@ ACTIVATION_MLP = ("activation_batch", "activation_length", "activation_mlp")
 CACHE_AXES = ("batch_heads", "length", "kv")  # a layer's k or v rows [B * H, S, D]
 
 NORMS = ("layer", "rms")
+# What a rematerialised block keeps from its forward pass (MaxText's remat_policy names).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep the attention context, the residual stream after attention and the MLP's hidden
+    # pre-activation (6 x width per position and layer); recompute the norms, the qkv
+    # projection and the attention itself: most of the memory saving of 'full' for about a
+    # quarter of its recomputation.
+    "attention_mlp": jax.checkpoint_policies.save_only_these_names(
+        "attention_context", "attention_residual", "mlp_hidden"),
+}
 MLPS = ("gelu_tanh", "gelu", "silu_gated")
 INITS = ("gpt2", "lecun")
 
@@ -88,11 +102,17 @@ class TransformerConfig:
     rope_base: float = 10000.0
     layer_scale: Optional[float] = None  # initial value of per-channel residual scales
     window: int = 0  # > 0: attend to the last ``window`` positions only; ring KV cache
-    attention: str = "blocked"  # 'xla' | 'blocked'
+    attention: str = "blocked"  # 'xla' | 'blocked' | 'dot_product' | 'splash' (attention.py)
     attention_block: int = 128
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    # Rematerialisation of each block in the backward pass: 'none', 'full' (keep only the
+    # block inputs), 'dots_saveable' (keep every matmul output), 'minimal' (keep the weight
+    # matmuls' outputs, recompute attention); True / False read as 'full' / 'none'.
+    remat: Any = "none"
+    # One scanned block with a leading 'layers' axis on every weight (compiles once whatever
+    # the depth) instead of num_layers blocks named blocks_i.
+    scan_layers: bool = False
     init: str = "gpt2"  # 'gpt2': N(0, 0.02), residual outputs / sqrt(2 L) | 'lecun'
     weights_per_step: int = 0  # > 0: this many weight sets, one per sequence position
     weights_per_step_schedule: tuple = ()  # position -> weight set (default: identity)
@@ -101,6 +121,10 @@ class TransformerConfig:
         def check(ok, key, value, want):
             if not ok:
                 raise ValueError(f"transformer {key} must be {want}, got {value!r}")
+
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        check(self.remat in REMAT_POLICIES, "remat", self.remat, f"one of {tuple(REMAT_POLICIES)}")
 
         for key in ("num_layers", "num_heads", "width"):
             check(int(getattr(self, key)) >= (0 if key == "num_layers" else 1), key,
@@ -257,6 +281,7 @@ class Attention(_Projections):
         if cache is None:
             y = attention_lib.causal_attention(q, k, v, window=cfg.window, kind=cfg.attention,
                                                block=cfg.attention_block, probs_fn=probs_fn)
+            y = checkpoint_name(y, "attention_context")
         else:
             cache = {n: nn.with_logical_constraint(c, CACHE_AXES) for n, c in cache.items()}
             attend = (attention_lib.ring_cache_attention if cfg.window
@@ -289,13 +314,14 @@ class MLP(_Projections):
             h = self.project("btw,wgm->btgm", x, w_in, positions)
             if cfg.bias:
                 h = h + self.bias("in_bias", (2, M), (None, "mlp"), positions)
+            h = checkpoint_name(h, "mlp_hidden")
             h = nn.silu(h[:, :, 0]) * h[:, :, 1]
         else:
             w_in = self.weight("in_kernel", (W, M), ("embed", "mlp"), _init(cfg, (0,), (1,)))
             h = self.project("btw,wm->btm", x, w_in, positions)
             if cfg.bias:
                 h = h + self.bias("in_bias", (M,), ("mlp",), positions)
-            h = nn.gelu(h, approximate=cfg.mlp == "gelu_tanh")
+            h = nn.gelu(checkpoint_name(h, "mlp_hidden"), approximate=cfg.mlp == "gelu_tanh")
         h = nn.with_logical_constraint(h, ACTIVATION_MLP)
         w_out = self.weight("out_kernel", (M, W), ("mlp", "embed"),
                             _init(cfg, (0,), (1,), residual=True))
@@ -317,7 +343,7 @@ class Block(nn.Module):
         cfg = self.config
         y, new_cache = Attention(cfg, name="attn")(make_norm(cfg, "ln_1")(x), positions, cache,
                                                    index, train)
-        x = x + self._scale("attn_scale", y)
+        x = checkpoint_name(x + self._scale("attn_scale", y), "attention_residual")
         x = x + self._scale("mlp_scale", MLP(cfg, name="mlp")(make_norm(cfg, "ln_2")(x),
                                                               positions, train))
         return nn.with_logical_constraint(x, ACTIVATION), new_cache
@@ -330,18 +356,33 @@ class Block(nn.Module):
         return y * s.astype(y.dtype)
 
 
-def make_blocks(cfg: TransformerConfig, count: Optional[int] = None, prefix: str = "blocks"
-                ) -> list:
-    """``count`` (default ``num_layers``) blocks named ``{prefix}_{i}``, rematerialised when
-    ``cfg.remat``; for a module's ``setup``."""
-    block = nn.remat(Block, static_argnums=(5,)) if cfg.remat else Block
+def make_blocks(cfg: TransformerConfig, count: Optional[int] = None, prefix: str = "blocks"):
+    """``count`` (default ``num_layers``) blocks for a module's ``setup``, rematerialised by
+    ``cfg.remat``: a list of blocks named ``{prefix}_{i}``, or with ``cfg.scan_layers`` one
+    scanned block named ``prefix`` whose weights have a leading 'layers' axis. Run them with
+    :func:`run_blocks`."""
     n = cfg.num_layers if count is None else count
+    block = Block
+    if cfg.remat != "none":
+        # Inside a scan, common-subexpression elimination cannot undo the remat: let XLA
+        # optimise across it (MaxText does the same).
+        block = nn.remat(Block, static_argnums=(5,), policy=REMAT_POLICIES[cfg.remat],
+                         prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        scanned = nn.scan(block, variable_axes={"params": 0},
+                          split_rngs={"params": True, "dropout": True},
+                          in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast), length=n,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        return scanned(cfg, name=prefix)
     return [block(cfg, name=f"{prefix}_{i}") for i in range(n)]
 
 
 def run_blocks(blocks, x, positions, cache=None, index=None, train: bool = False):
-    """``x`` through ``blocks`` -> (x, new cache). ``cache``: ``{'k': (L arrays), 'v': ...}``
-    or None (whole-sequence mode)."""
+    """``x`` through the blocks of :func:`make_blocks` -> (x, new cache). ``cache``: None
+    (whole-sequence mode) or ``{'k', 'v'}``: a tuple of one array per layer, or for scanned
+    blocks one array with a leading layer axis."""
+    if not isinstance(blocks, (list, tuple)):  # scanned: the cache's layer axis is scanned
+        return blocks(x, positions, cache, index, train)
     new_k, new_v = [], []
     for i, block in enumerate(blocks):
         layer = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
@@ -355,14 +396,17 @@ def run_blocks(blocks, x, positions, cache=None, index=None, train: bool = False
 def init_cache(cfg: TransformerConfig, batch_size: int, max_length: Optional[int] = None,
                dtype: Optional[Dtype] = None, num_layers: Optional[int] = None) -> dict:
     """An empty KV cache ``{'k', 'v'}``, each a tuple of one ``[batch * heads, S, head_dim]``
-    array per layer (row ``b * heads + h``). ``S`` is ``window`` for a windowed (ring) cache,
-    else ``max_length``."""
+    array per layer (row ``b * heads + h``), or with ``scan_layers`` one ``[layers, batch *
+    heads, S, head_dim]`` array. ``S`` is ``window`` for a windowed (ring) cache, else
+    ``max_length``."""
     length = cfg.window if cfg.window else max_length
     if length is None:
         raise ValueError("a full-length KV cache needs max_length")
     shape = (batch_size * cfg.num_heads, int(length), cfg.head_dim)
     dtype = cfg.dtype if dtype is None else dtype
     n = cfg.num_layers if num_layers is None else num_layers
+    if cfg.scan_layers:
+        return {name: jnp.zeros((n,) + shape, dtype) for name in ("k", "v")}
     return {name: tuple(jnp.zeros(shape, dtype) for _ in range(n)) for name in ("k", "v")}
 
 
@@ -426,6 +470,24 @@ def block_num_params(cfg: TransformerConfig) -> int:
     steps = max(1, cfg.weights_per_step)
     scales = 2 * W if cfg.layer_scale is not None else 0
     return 2 * norm + steps * projections + scales
+
+
+def stack_layers(params: dict, num_layers: int, prefix: str = "blocks") -> dict:
+    """An unscanned params tree (``{prefix}_{i}`` subtrees) -> the scanned one (``prefix``,
+    every leaf with a leading layer axis); other entries are kept."""
+    out = {k: v for k, v in params.items() if not k.startswith(f"{prefix}_")}
+    layers = [params[f"{prefix}_{i}"] for i in range(num_layers)]
+    out[prefix] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return out
+
+
+def unstack_layers(params: dict, prefix: str = "blocks") -> dict:
+    """The inverse of :func:`stack_layers`."""
+    out = {k: v for k, v in params.items() if k != prefix}
+    n = jax.tree.leaves(params[prefix])[0].shape[0]
+    for i in range(n):
+        out[f"{prefix}_{i}"] = jax.tree.map(lambda x: x[i], params[prefix])
+    return out
 
 
 # ----------------------------------------------------------------------------- old trees

@@ -7,6 +7,22 @@ import ml_collections
 from audiolm_jax.config_sections import mesh_section, optim_section, train_section
 
 
+# How the model runs, not what it is: these may change when a run resumes. ``remat_policy``:
+# what ``remat=True`` keeps ('full' | 'dots_saveable' | 'minimal'); ``attention``: the kernel
+# (layers/attention.py); ``scan_layers``: one scanned block (compiles once whatever the depth;
+# its checkpoints hold the layers stacked, so it is fixed for a run).
+EXECUTION_DEFAULTS = dict(remat_policy="full", attention="blocked", scan_layers=False)
+EXECUTION_KEYS = ("dtype", "remat", "remat_policy", "attention", "dropout")
+
+
+def model_settings(model: dict) -> dict:
+    """What a saved LM ``model`` section fixes about the parameters: its keys with the keys
+    added since filled in at their defaults, less the execution settings (for the resume
+    check)."""
+    values = {**EXECUTION_DEFAULTS, **dict(model)}
+    return {k: v for k, v in values.items() if k not in EXECUTION_KEYS}
+
+
 def base_lm_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "lm"
@@ -14,7 +30,8 @@ def base_lm_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         num_layers=12, num_heads=16, width=1024, context=2048, mlp_ratio=4, dropout=0.1,
         positions="learned", tie_embeddings=True, bias=False, dtype="float32", remat=False,
-        layout="flat", level_offsets=False, delays=(), acoustic_delay=1, vocab_multiple=128))
+        layout="flat", level_offsets=False, delays=(), acoustic_delay=1, vocab_multiple=128,
+        **EXECUTION_DEFAULTS))
     # The depth transformer of layout 'depth' (Moshi's RQ-Transformer): a small causal
     # transformer over the levels of one frame; dropout, dtype, remat, bias and mlp_ratio come
     # from `model`. Moshi's is 6 layers x 1024 wide under a 7B temporal transformer.
@@ -41,6 +58,18 @@ def tiny_lm_config() -> ml_collections.ConfigDict:
     c.optim.update(learning_rate=3e-3, end_learning_rate=3e-4, warmup_steps=20,
                    weight_decay=0.0)
     c.train.update(num_steps=200, batch_size=8, checkpoint_every=100, log_every=10)
+    return c
+
+
+def rq_transformer(c: ml_collections.ConfigDict, num_streams: int = 1) -> ml_collections.ConfigDict:
+    """Moshi's RQ-Transformer recipe over 8 levels of the article's codec (configs/lm/depth.py,
+    duplex.py): the article's GPT as the temporal transformer over 1024 frames, Moshi's depth
+    transformer (6 x 1024, 16 heads) over the levels, the acoustic levels one frame behind,
+    each stream's semantic level weighted x100."""
+    c.model.update(context=1024, layout="depth", acoustic_delay=1)
+    c.depth.update(num_layers=6, num_heads=16, width=1024)
+    c.tokens.update(num_levels=8, codebook_size=1024, num_streams=num_streams)
+    c.loss.level_weights = (100.0,) + (1.0,) * 7  # per stream: semantic x100, acoustic x1
     return c
 
 

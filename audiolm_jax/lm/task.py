@@ -71,7 +71,9 @@ class LMTask(Task):
             num_heads=int(m.num_heads), width=int(m.width), context=self.context,
             mlp_ratio=int(m.mlp_ratio), dropout=float(m.dropout), positions=m.positions,
             tie_embeddings=bool(m.tie_embeddings), bias=bool(m.bias),
-            dtype=_DTYPES[m.dtype], remat=bool(m.remat),
+            dtype=_DTYPES[m.dtype],
+            remat=m.get("remat_policy", "full") if m.remat else "none",
+            attention=m.get("attention", "blocked"), scan_layers=bool(m.get("scan_layers", False)),
             num_levels=self.pattern.model_levels)
         # The model the layout asks for; model_config is its transformer over the steps.
         self.lm = make_model_kind(self.pattern.model_kind, model_config, config, codebook)

@@ -28,6 +28,12 @@ STATS = "vq_stats"
 RNG = "vq"
 
 
+def module_option(default: Any) -> Any:
+    """A keyword-only module field: option bases declare these so the module that inherits
+    them can still add fields without defaults."""
+    return dataclasses.field(default=default, kw_only=True)
+
+
 def bits_per_frame(num_levels: int, codebook_size: int) -> float:
     """Bits per latent frame: ``num_levels * log2(codebook_size)``."""
     return float(num_levels) * math.log2(int(codebook_size))

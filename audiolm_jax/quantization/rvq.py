@@ -21,12 +21,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiolm_jax.quantization.base import RNG, QuantizerConfig, invalid
-from audiolm_jax.quantization.vq import VectorQuantizer
+from audiolm_jax.quantization.base import RNG, QuantizerConfig, invalid, module_option
+from audiolm_jax.quantization.vq import EMACodebookOptions, VectorQuantizer
 
 Array = jax.Array
 
 _LEVEL_METRICS = ("usage", "perplexity", "codes_reset", "commit_loss", "level_active")
+
+
+class StackOptions(EMACodebookOptions):
+    """Settings of a residual stack, on top of its levels' EMA settings (documented on
+    :class:`ResidualVQ`); keyword-only."""
+
+    codebook_dim: Optional[int] = module_option(None)
+    dropout: bool = module_option(False)
+    dropout_mode: str = module_option("batch")
+    no_quant_rate: float = module_option(0.0)
 
 
 def _mean_over_active(per_level: Array, active: Array) -> Array:
@@ -35,7 +45,7 @@ def _mean_over_active(per_level: Array, active: Array) -> Array:
     return jnp.sum(per_level * a) / jnp.maximum(jnp.sum(a), 1.0)
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(StackOptions):
     """Residual stack of EMA vector quantizers.
 
     Attributes:
@@ -71,16 +81,6 @@ class ResidualVQ(nn.Module):
     num_levels: int
     codebook_size: int
     dim: int
-    codebook_dim: Optional[int] = None
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    kmeans_iters: int = 50
-    dead_code_threshold: float = 2.0
-    dead_code_mode: str = "absolute"
-    dead_code_interval: int = 1
-    dropout: bool = False
-    dropout_mode: str = "batch"
-    no_quant_rate: float = 0.0
     use_projection: Optional[bool] = None
 
     @property
@@ -106,12 +106,8 @@ class ResidualVQ(nn.Module):
     def _make_level(self) -> nn.Module:
         """One level: quantizes [..., inner_dim] with the :class:`VectorQuantizer` contract
         (``__call__``, ``quantize_codes``, ``lookup``, ``get_codebook``)."""
-        return VectorQuantizer(
-            codebook_size=self.codebook_size, dim=self.inner_dim, decay=self.decay,
-            epsilon=self.epsilon, kmeans_iters=self.kmeans_iters,
-            dead_code_threshold=self.dead_code_threshold,
-            dead_code_mode=self.dead_code_mode,
-            dead_code_interval=self.dead_code_interval)
+        return VectorQuantizer(codebook_size=self.codebook_size, dim=self.inner_dim,
+                               **self.ema_options())
 
     def _in(self, x: Array) -> Array:
         z = self.in_proj(x) if self.projects else x
@@ -258,7 +254,7 @@ class ResidualVQ(nn.Module):
         return self._out(q)
 
 
-class SplitResidualVQ(nn.Module):
+class SplitResidualVQ(StackOptions):
     """Mimi-style split RVQ: a semantic RVQ and an acoustic RVQ in parallel.
 
     Both quantize the *same* input latent, each through its own bias-free
@@ -274,16 +270,6 @@ class SplitResidualVQ(nn.Module):
     codebook_size: int
     dim: int
     num_semantic_levels: int = 1
-    codebook_dim: Optional[int] = None
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    kmeans_iters: int = 50
-    dead_code_threshold: float = 2.0
-    dead_code_mode: str = "absolute"
-    dead_code_interval: int = 1
-    dropout: bool = False
-    dropout_mode: str = "batch"
-    no_quant_rate: float = 0.0
 
     @property
     def num_levels(self) -> int:
@@ -292,11 +278,8 @@ class SplitResidualVQ(nn.Module):
     def _rvq(self, levels: int, dropout: bool, name: str) -> ResidualVQ:
         return ResidualVQ(
             num_levels=levels, codebook_size=self.codebook_size, dim=self.dim,
-            codebook_dim=self.codebook_dim, decay=self.decay, epsilon=self.epsilon,
-            kmeans_iters=self.kmeans_iters, dead_code_threshold=self.dead_code_threshold,
-            dead_code_mode=self.dead_code_mode, dead_code_interval=self.dead_code_interval,
-            dropout=dropout, dropout_mode=self.dropout_mode, no_quant_rate=0.0,
-            use_projection=True, name=name)
+            codebook_dim=self.codebook_dim, dropout=dropout, dropout_mode=self.dropout_mode,
+            no_quant_rate=0.0, use_projection=True, name=name, **self.ema_options())
 
     def setup(self):
         if self.num_semantic_levels < 0 or self.num_acoustic_levels < 0:

@@ -34,13 +34,14 @@ mesh produces the same result as an unsharded call.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiolm_jax.quantization.base import RNG, STATS, usage_perplexity
+from audiolm_jax.quantization.base import RNG, STATS, module_option, usage_perplexity
 
 Array = jax.Array
 
@@ -169,7 +170,24 @@ def code_histogram_metrics(codes: Array, weights: Array, K: int) -> Dict[str, Ar
 # ---------------------------------------------------------------------------
 
 
-class VectorQuantizer(nn.Module):
+class EMACodebookOptions(nn.Module):
+    """The EMA codebook's settings, shared by a quantizer and the stacks that build it
+    (documented on :class:`VectorQuantizer`); keyword-only."""
+
+    decay: float = module_option(0.99)
+    epsilon: float = module_option(1e-5)
+    kmeans_iters: int = module_option(50)
+    dead_code_threshold: float = module_option(2.0)
+    dead_code_mode: str = module_option("absolute")
+    dead_code_interval: int = module_option(1)
+
+    def ema_options(self) -> Dict[str, Any]:
+        """These settings as keyword arguments, to pass on to a nested quantizer."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EMACodebookOptions)
+                if f.name not in ("parent", "name")}
+
+
+class VectorQuantizer(EMACodebookOptions):
     """EMA vector quantizer with k-means init and dead-code replacement.
 
     Attributes:
@@ -191,12 +209,6 @@ class VectorQuantizer(nn.Module):
 
     codebook_size: int
     dim: int
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    kmeans_iters: int = 50
-    dead_code_threshold: float = 2.0
-    dead_code_mode: str = "absolute"
-    dead_code_interval: int = 1
 
     def setup(self):
         if self.dead_code_mode not in ("absolute", "relative"):

@@ -18,6 +18,7 @@ the user is left as it is.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import pkgutil
@@ -30,8 +31,10 @@ _DONE = "AUDIOLM_JAX_HUGEPAGES_REEXEC"  # set in the re-executed process: never 
 _THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 # Modules whose presence means JAX picks an accelerator over the CPU when JAX_PLATFORMS is unset
 # (besides any module of the ``jax_plugins`` namespace, where JAX discovers PJRT plugins).
-ACCELERATOR_MODULES = ("jax_plugins.xla_cuda12", "jax_cuda12_plugin", "jax_cuda13_plugin",
-                       "libtpu")
+ACCELERATOR_MODULES = ("jax_plugins.xla_cuda12", "jax_cuda12_plugin", "jax_cuda13_plugin")
+# libtpu only wins where the machine has TPU chips (their device files); elsewhere JAX falls
+# back to the CPU, e.g. on a machine that has the ``tpu`` extra to compile for TPUs ahead of time.
+TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")
 
 
 def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
@@ -58,8 +61,18 @@ def _glibc_version() -> tuple[int, int] | None:
         return None
 
 
+def tpu_present(patterns=TPU_DEVICE_FILES) -> bool:
+    return any(glob.glob(p) for p in patterns)
+
+
 def accelerator_plugin_installed() -> bool:
-    """Whether a JAX accelerator plugin is installed (found, not imported: no JAX import)."""
+    """Whether a JAX accelerator plugin that will find its hardware is installed (found, not
+    imported: no JAX import)."""
+    try:
+        if importlib.util.find_spec("libtpu") is not None and tpu_present():
+            return True
+    except (ImportError, ValueError):
+        pass
     for name in ACCELERATOR_MODULES:
         try:
             if importlib.util.find_spec(name) is not None:

@@ -55,10 +55,11 @@ PROGRAMS = {
 }
 
 
-def compiler_options(program: str | None) -> dict | None:
+def compiler_options(program: str | None, target: str | None = None) -> dict | None:
     """The compiler options of the program named ``program`` (a key of ``PROGRAMS``), or None
     (XLA's defaults): for ``None``, off CPU, off x86-64, where the table says so, or when
-    ``AUDIOLM_JAX_CPU_KERNELS=default``."""
+    ``AUDIOLM_JAX_CPU_KERNELS=default``. ``target``: the platform the program is compiled
+    for (default: JAX's backend; 'tpu' when compiling ahead of time for a TPU slice)."""
     if program is None:
         return None
     if program not in PROGRAMS:
@@ -67,7 +68,7 @@ def compiler_options(program: str | None) -> dict | None:
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    if jax.default_backend() != "cpu":
+    if (target or jax.default_backend()) != "cpu":
         return None
     name = PROGRAMS[program][1 if _has_avx512() else 0]
     if name is None or not _accepted(name):

@@ -104,8 +104,10 @@ def compile_step(task: Task, state_shardings, mesh) -> Callable:
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
-        # Platform tuning, chosen by the runtime for the program the task names.
-        compiler_options=xla_options.compiler_options(task.program))
+        # Platform tuning, chosen by the runtime for the program the task names and the
+        # platform of the mesh's devices (which may be a TPU slice compiled for ahead of time).
+        compiler_options=xla_options.compiler_options(task.program,
+                                                      mesh.devices.flat[0].platform))
 
 
 def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = None,

@@ -45,6 +45,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_vocab", "tensor"),
     ("activation_levels", None),
     ("steps", None),
+    ("layers", None),  # the stacked axis of scanned layers
 )
 
 

@@ -10,9 +10,7 @@ from audiolm_jax.lm.config import apply_variant, base_lm_config
 
 
 def get_config(variant: str = ""):
-    c = base_lm_config()
+    c = base_lm_config()  # its model is the article's GPT-2, context 2048
     c.train.name = "article_codec_flat"
-    c.model.update(num_layers=12, num_heads=16, width=1024, context=2048, dropout=0.1,
-                   layout="flat")
     c.tokens.update(num_levels=8, codebook_size=1024)
     return apply_variant(c, variant)

@@ -5,9 +5,8 @@ from audiolm_jax.lm.config import apply_variant, base_lm_config
 
 
 def get_config(variant: str = ""):
-    c = base_lm_config()
+    c = base_lm_config()  # the article's GPT-2 size
     c.train.name = "delay"
-    c.model.update(num_layers=12, num_heads=16, width=1024, context=1024, dropout=0.1,
-                   layout="delay", tie_embeddings=False)
+    c.model.update(context=1024, layout="delay", tie_embeddings=False)
     c.tokens.update(num_levels=8, codebook_size=1024)
     return apply_variant(c, variant)

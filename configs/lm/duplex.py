@@ -15,15 +15,10 @@ Trains on the built-in two-speaker dialogue corpus (turn taking, overlaps, backc
         --input_stream=user.wav --seconds=6 --out=conversation.wav
 """
 
-from audiolm_jax.lm.config import apply_variant, base_lm_config
+from audiolm_jax.lm.config import apply_variant, base_lm_config, rq_transformer
 
 
 def get_config(variant: str = ""):
-    c = base_lm_config()
+    c = base_lm_config()  # the temporal transformer: the article's GPT-2 size
     c.train.name = "duplex"
-    c.model.update(num_layers=12, num_heads=16, width=1024, context=1024, dropout=0.1,
-                   layout="depth", acoustic_delay=1)
-    c.depth.update(num_layers=6, num_heads=16, width=1024)
-    c.tokens.update(num_levels=8, codebook_size=1024, num_streams=2)
-    c.loss.level_weights = (100.0,) + (1.0,) * 7  # per stream: semantic x100
-    return apply_variant(c, variant)
+    return apply_variant(rq_transformer(c, num_streams=2), variant)

@@ -23,10 +23,8 @@ SEMANTIC_WEIGHT = 100.0
 
 
 def get_config(variant: str = ""):
-    c = base_lm_config()
+    c = base_lm_config()  # its model is the article's GPT-2, context 2048
     c.train.name = "mimi_flat"
-    c.model.update(num_layers=12, num_heads=16, width=1024, context=2048, dropout=0.1,
-                   layout="flat")
     c.tokens.update(num_levels=8, codebook_size=2048, drop_semantic=False)
     c.loss.level_weights = (SEMANTIC_WEIGHT,) + (1.0,) * 7
     rest = []

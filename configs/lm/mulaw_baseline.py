@@ -10,9 +10,7 @@ from audiolm_jax.lm.config import apply_variant, base_lm_config
 
 
 def get_config(variant: str = ""):
-    c = base_lm_config()
+    c = base_lm_config()  # its model is the article's GPT-2 (no biases, tied embeddings)
     c.train.name = "mulaw_baseline"
-    c.model.update(num_layers=12, num_heads=16, width=1024, context=2048, dropout=0.1,
-                   layout="flat", bias=False, tie_embeddings=True)
     c.tokens.update(num_levels=1, codebook_size=256)
     return apply_variant(c, variant)

@@ -1,0 +1,127 @@
+"""`audiolm-jax compile`: experiments compiled for TPU slices by the real TPU compiler, on the
+CPU of the machine running the tests (skipped where libtpu is not installed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from audiolm_jax.aot import report as report_lib
+from audiolm_jax.aot.topology import TPUUnavailable, parse_slice, slice_devices
+from audiolm_jax.codec.config import tiny_cnn_config
+from audiolm_jax.errors import ConfigError
+from audiolm_jax.lm.config import tiny_lm_config
+
+KEYS = {"topology", "num_devices", "mesh", "memory_gib_per_device", "hbm_gib_per_device",
+        "fits", "flops_per_device", "model_flops_per_device", "model_flops_convention",
+        "estimated_step_seconds", "estimated_mfu", "collectives", "compile_seconds"}
+
+
+@pytest.fixture(scope="module")
+def tpu():
+    try:
+        slice_devices(parse_slice("v5p-8"))
+    except TPUUnavailable as e:
+        pytest.skip(str(e))
+
+
+def _lm(**model):
+    c = tiny_lm_config()
+    c.tokens.update(num_levels=1, codebook_size=256)
+    c.model.update(dropout=0.0, **model)
+    return c
+
+
+@pytest.fixture(scope="module")
+def lm_report(tpu):
+    return report_lib.compile_experiment(_lm(), "v5p-8")
+
+
+def test_lm_train_step_report(lm_report):
+    r = lm_report
+    assert KEYS <= set(r) and "tokens_per_second_per_device" in r
+    json.dumps(r)  # the CLI prints it
+    assert r["num_devices"] == 4 and r["device_kind"] == "TPU v5"
+    assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and r["batch_per_device"] == 2
+    assert r["fits"] and 0 < r["memory_gib_per_device"] < 1
+    assert r["estimated_step_seconds"] > 0 and 0 < r["estimated_mfu"] < 1
+    # 4-way data parallelism reduces the gradients across the chips.
+    assert r["collectives"]["all-reduce"]["count"] >= 1
+    # The MaxText convention by hand: 6 x matmul weights x tokens + causal attention.
+    W, L, V, T, B = 64, 2, 256, 256, 8
+    matmul = L * 12 * W * W + W * V  # qkv + out + MLP (4x) per layer, and the tied head
+    want = (6 * B * T * matmul + 6 * B * T * T * W * L) / 4
+    assert r["model_flops_per_device"] == pytest.approx(want)
+
+
+def test_scanned_estimate_equals_unrolled(tpu, lm_report):
+    scanned = report_lib.compile_experiment(_lm(scan_layers=True), "v5p-8")
+    assert "extrapolated" in scanned["estimate_method"]
+    for key in ("flops_per_device", "estimated_step_seconds"):
+        assert scanned[key] == pytest.approx(lm_report[key], rel=0.05), key
+
+
+def test_decode_step_report(tpu):
+    r = report_lib.compile_experiment(_lm(), "v5e-8", what="decode")
+    assert r["what"] == "decode" and r["num_devices"] == 8
+    assert r["tokens_per_second_per_device"] > 0
+    assert r["bound"] in ("memory bandwidth", "compute")
+
+
+def test_not_fitting_is_a_result(tpu):
+    c = _lm()
+    # 1.6B float32 weights with their gradients and Adam moments, replicated on every chip:
+    # about 25 GiB against a v5e chip's 16.
+    c.model.update(width=8192, num_heads=64)
+    r = report_lib.compile_experiment(c, "v5e-4")
+    assert r["fits"] is False and r["memory_gib_per_device"] > r["hbm_gib_per_device"]
+
+
+@pytest.mark.parametrize("change,topology,match", [
+    ({}, "v5p-12", "unknown TPU topology 'v5p-12'"),
+    ({}, "v9-8", "unknown TPU topology"),
+    ({"mesh.data": 3}, "v5p-8", "mesh"),
+    ({"train.batch_size": 6}, "v5p-8", "train.batch_size"),
+    ({"model.attention": "magic"}, "v5p-8", "model.attention"),
+])
+def test_bad_input_is_refused_before_compiling(tpu, change, topology, match):
+    c = _lm()
+    for key, value in change.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    with pytest.raises(ConfigError, match=match):
+        report_lib.compile_experiment(c, topology)
+
+
+def test_cli_prints_json_and_errors_in_one_line(tpu, tmp_path):
+    env = dict(os.environ)
+    base = [sys.executable, "-m", "audiolm_jax.cli", "compile",
+            "--config=configs/codec/tiny_cnn.py"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # A codec small enough to compile in well under a minute (the TPU compiler takes minutes
+    # over the full tiny codec's convolutions and STFT loss).
+    small = ["--config.model.num_blocks=2", "--config.model.res_blocks=1",
+             "--config.loss.spectral_weight=0.0", "--config.quantizer.num_levels=1"]
+    ok = subprocess.run(base + ["--topology=v5e-4"] + small, capture_output=True, text=True,
+                        env=env, cwd=root, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    r = json.loads(ok.stdout)
+    assert r["topology"] == "v5e-4" and r["fits"] and r["audio_seconds_per_second_per_device"] > 0
+    bad = subprocess.run(base + ["--topology=v5p-7"], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=600)
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown TPU topology 'v5p-7'" in lines[0], bad.stderr
+
+
+def test_topology_names():
+    assert parse_slice("v5p-8").topology == "v5:2x2x1"
+    assert parse_slice("v5p-128").topology == "v5:4x4x4"
+    assert parse_slice("v5p-128").wrap == (True, True, True)
+    assert parse_slice("v5litepod-16").topology == "v5e:4x4"
+    assert parse_slice("v5e-256").wrap == (True, True, False)
+    assert parse_slice("v6e-8").topology == "v6e:2x4"
+    assert parse_slice("v4-16").chips == 8
+    assert tiny_cnn_config().task == "codec"

@@ -14,7 +14,7 @@ from audiolm_jax.codec.teachers import make_teacher
 from audiolm_jax.errors import ConfigError
 from audiolm_jax.layers.attention import KINDS as ATTENTION_KINDS
 from audiolm_jax.layers.transformer import REMAT_POLICIES
-from audiolm_jax.lm.patterns import layout_names
+from audiolm_jax.lm.patterns import get_layout, layout_names
 from audiolm_jax.quantization import quantizer_config
 from audiolm_jax.train.mesh import resolve_mesh_shape
 
@@ -85,6 +85,11 @@ def _check_mesh_and_batch(config: Any, num_devices: int | None) -> None:
         if config.train.batch_size % (d * f):
             raise ConfigError(f"config key 'train.batch_size' ({config.train.batch_size}) must be "
                               f"divisible by mesh data*fsdp = {d * f}")
+        n = config.train.get("gradient_accumulation_steps", 1)
+        if config.train.batch_size % (d * f * n):
+            raise ConfigError(f"config key 'train.gradient_accumulation_steps' ({n}): each of "
+                              f"the mesh's data*fsdp = {d * f} shards of train.batch_size "
+                              f"({config.train.batch_size}) must split into {n} microbatches")
 
 
 def check_quantizer(config: Any) -> None:
@@ -180,6 +185,18 @@ def check_lm_model(config: Any) -> None:
         _choice(config, "model.remat_policy", set(REMAT_POLICIES) - {"none"})
     _number(config, "model.dropout", 0.0, 1.0)
     _number(config, "optim.learning_rate", 0.0, lo_open=True)
+    if config.loss.get("logits_chunk") is not None:
+        _positive_int(config, "loss.logits_chunk", allow_zero=True)
+        kind = get_layout(config.model.layout).model_kind
+        if config.loss.logits_chunk and kind != "transformer":
+            raise ConfigError(f"config key 'loss.logits_chunk': layout {config.model.layout!r} "
+                              "has per-level depth logits over the codebook; set it to 0")
+    if config.train.get("gradient_accumulation_steps") is not None:
+        _positive_int(config, "train.gradient_accumulation_steps")
+        n = config.train.gradient_accumulation_steps
+        if config.train.batch_size % n:
+            raise ConfigError(f"config key 'train.gradient_accumulation_steps' ({n}) must "
+                              f"divide train.batch_size ({config.train.batch_size})")
 
 
 def check_lm_config(config: Any, num_devices: int | None = None) -> None:

@@ -115,4 +115,69 @@ def test_lm_trains_on_the_shared_loop(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40"]
 
 
+
+@pytest.mark.parametrize("layout,chunk", [("flat", 7), ("parallel", 10), ("flat", 24)])
+def test_chunked_cross_entropy_equals_the_whole(layout, chunk):
+    """loss.logits_chunk: the head and loss in chunks (ragged last one) give the same loss,
+    per-level losses and gradients as the whole [B, T, V] logits."""
+    whole = LMTask(tiny_config(layout))
+    config = tiny_config(layout)
+    config.loss.logits_chunk = chunk
+    chunked = LMTask(config)
+    params = nn.meta.unbox(whole.init_state(jax.random.PRNGKey(0))).params
+    batch = whole.prepare_batch({"codes": random_codes(whole)})
+
+    def run(task):
+        (loss, aux), grads = jax.jit(jax.value_and_grad(
+            lambda p: task.losses(p, batch, False), has_aux=True))(params)
+        return loss, aux["level_losses"], grads
+
+    (l1, lv1, g1), (l2, lv2, g2) = run(whole), run(chunked)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    np.testing.assert_allclose(lv1, lv2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_gradient_accumulation_equals_one_batch():
+    """train.gradient_accumulation_steps: microbatches over a (2, 2, 2) mesh give the step of
+    the whole batch on one device (loss, metrics and updated parameters)."""
+    def run(devices, mesh_shape, steps):
+        config = tiny_config("delay")
+        config.train.gradient_accumulation_steps = steps
+        task = LMTask(config)
+        batch = task.prepare_batch({"codes": random_codes(task)})
+        mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(
+            dict(data=mesh_shape[0], fsdp=mesh_shape[1], tensor=mesh_shape[2])), devices)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+            state, shardings, _ = initial_state(task, mesh, jax.random.PRNGKey(0))
+            state, m = compile_step(task, shardings, mesh)(
+                state, mesh_lib.global_batch(batch, mesh_lib.batch_sharding(mesh)))
+            return jax.device_get((state.params, m))
+
+    (p1, m1), (p2, m2) = run(jax.devices()[:1], (1, 1, 1), 1), run(jax.devices(), (2, 2, 2), 2)
+    for key in ("loss", "grad_norm", "loss/level"):
+        np.testing.assert_allclose(m1[key], m2[key], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_and_accumulation_settings_are_checked():
+    from audiolm_jax.config_check import check_lm_config, check_lm_model
+    from audiolm_jax.errors import ConfigError
+
+    config = tiny_config("depth")
+    config.loss.logits_chunk = 8
+    with pytest.raises(ConfigError, match="loss.logits_chunk"):
+        check_lm_model(config)
+    config = tiny_config("flat")
+    config.train.gradient_accumulation_steps = 3
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps.*divide"):
+        check_lm_model(config)
+    config.train.gradient_accumulation_steps = 2
+    config.data.tokens = "."
+    with pytest.raises(ConfigError, match="shards of train.batch_size"):
+        check_lm_config(config, num_devices=8)  # 8 rows over 8 shards: 1 row each
+
+
 import os  # noqa: E402

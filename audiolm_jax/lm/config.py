@@ -40,10 +40,14 @@ def base_lm_config() -> ml_collections.ConfigDict:
     c.tokens = ml_collections.ConfigDict(dict(
         codebook_size=2048, num_levels=8, num_streams=1, drop_semantic=False))
     # Per-level loss weights, e.g. (10,) + (0.1,) * 7 or Moshi's semantic x100; () = equal.
-    c.loss = ml_collections.ConfigDict(dict(level_weights=()))
+    # logits_chunk > 0: the head and the loss run that many positions at a time, so the float32
+    # [batch, length, vocab] logits never exist whole (large vocabularies; lm/cross_entropy.py).
+    c.loss = ml_collections.ConfigDict(dict(level_weights=(), logits_chunk=0))
     c.optim = optim_section(learning_rate=1e-4, end_learning_rate=1e-5, b2=0.95)
     c.data = ml_collections.ConfigDict(dict(tokens="", eval_fraction=0.0))
     c.train = train_section(name="lm", batch_size=64, sample_every=0)
+    # > 1: each step's batch runs as this many microbatches, gradients summed (less memory).
+    c.train.gradient_accumulation_steps = 1
     c.mesh = mesh_section()
     return c
 

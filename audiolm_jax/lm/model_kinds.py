@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from audiolm_jax.lm.cross_entropy import chunked_cross_entropy, cross_entropy
 from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_depth_lm_config
 from audiolm_jax.lm.depth_sampling import generate_depth
 from audiolm_jax.lm.sampling import generate
@@ -43,6 +44,15 @@ class TransformerKind:
 
     def logits(self, params, batch: dict, train: bool, rngs=None) -> jax.Array:
         return self.model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+
+    def cross_entropy(self, params, batch: dict, train: bool, rngs, vocab_size: int,
+                      chunk: int = 0) -> jax.Array:
+        """Per-position cross-entropy of ``batch['targets']``; ``chunk > 0``: the head and
+        the loss run that many positions at a time (:mod:`audiolm_jax.lm.cross_entropy`)."""
+        apply = lambda *a, **kw: self.model.apply({"params": params}, *a, **kw)
+        x = apply(batch["inputs"], train=train, rngs=rngs, method=Transformer.features)
+        return chunked_cross_entropy(lambda h: apply(h, method=Transformer.head), x,
+                                     batch["targets"], vocab_size, chunk)
 
     def generate(self, params, prompt, num_new: int, rng: jax.Array, **kw) -> jax.Array:
         return generate(self.model, params, prompt, num_new, rng, **kw)
@@ -69,6 +79,14 @@ class DepthKind:
         # The depth half reads the lower levels' targets of the same step (teacher forcing).
         return self.model.apply({"params": params}, batch["inputs"], batch["targets"],
                                 train=train, rngs=rngs)
+
+    def cross_entropy(self, params, batch: dict, train: bool, rngs, vocab_size: int,
+                      chunk: int = 0) -> jax.Array:
+        """Per-position cross-entropy; ``chunk`` is not used: the depth transformer's logits
+        are per level over the small codebook vocabulary."""
+        del chunk
+        return cross_entropy(self.logits(params, batch, train, rngs), batch["targets"],
+                             vocab_size)
 
     def generate(self, params, prompt, num_new: int, rng: jax.Array, **kw) -> jax.Array:
         return generate_depth(self.model, params, prompt, num_new, rng, **kw)

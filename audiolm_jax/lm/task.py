@@ -42,14 +42,6 @@ class LMState:
     rng: jnp.ndarray
 
 
-def mask_padded_vocab(logits: jnp.ndarray, vocab_size: int) -> jnp.ndarray:
-    """Sets the logits of padding ids (>= vocab_size) to a large negative value."""
-    if logits.shape[-1] == vocab_size:
-        return logits
-    keep = jnp.arange(logits.shape[-1]) < vocab_size
-    return jnp.where(keep, logits, jnp.finfo(logits.dtype).min / 2)
-
-
 class LMTask(Task):
     name = "lm"
     program = "lm_train"  # tuned XLA:CPU kernels (audiolm_jax/runtime/xla_options.py)
@@ -86,6 +78,10 @@ class LMTask(Task):
                              f"stream(s): give {self.num_levels} (or {self.rows}) weights")
         # Loss weights of the target positions (a window's steps 1..context).
         self._weights = self.pattern.position_weights(weights, self.context + 1)[..., 1:]
+        # > 0: the LM head and the loss run this many positions at a time (large vocabularies).
+        self.logits_chunk = int(config.loss.get("logits_chunk", 0))
+        # > 1: each step's batch runs as this many microbatches with summed gradients.
+        self.accumulation = int(config.train.get("gradient_accumulation_steps", 1))
 
     # ---------------------------------------------------------------- layout
     @property
@@ -123,23 +119,63 @@ class LMTask(Task):
                        opt_state=self.optimizer.init(params), rng=k_state)
 
     # ---------------------------------------------------------------- loss
-    def losses(self, params, batch, train: bool, rng=None) -> tuple[jnp.ndarray, dict]:
+    def loss_sums(self, params, batch, train: bool, rng=None) -> dict:
+        """The batch's weighted cross-entropy sum and weight sum, and per level the unweighted
+        cross-entropy sum and count of the positions it occupies: sums, so microbatches add."""
         rngs = {"dropout": rng} if train and rng is not None else None
-        logits = self.lm.logits(params, batch, train, rngs)
-        logits = mask_padded_vocab(logits, self.vocab_size)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        ce = self.lm.cross_entropy(params, batch, train, rngs, self.vocab_size,
+                                   self.logits_chunk)
         w = batch["weights"]
-        loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-9)
-        # Unweighted mean cross-entropy per level (over the positions that level occupies).
         valid = (w > 0).astype(jnp.float32)
-        per = self.pattern.level_sums(ce * valid, first_step=1)
-        cnt = self.pattern.level_sums(valid, first_step=1)
-        return loss, {"level_losses": per / jnp.maximum(cnt, 1.0), "tokens": jnp.sum(valid)}
+        return {"loss": jnp.sum(ce * w), "weight": jnp.sum(w),
+                "level_ce": self.pattern.level_sums(ce * valid, first_step=1),
+                "level_count": self.pattern.level_sums(valid, first_step=1),
+                "tokens": jnp.sum(valid)}
+
+    @staticmethod
+    def _normalise(sums: dict) -> tuple[jnp.ndarray, dict]:
+        loss = sums["loss"] / jnp.maximum(sums["weight"], 1e-9)
+        return loss, {"level_losses": sums["level_ce"] / jnp.maximum(sums["level_count"], 1.0),
+                      "tokens": sums["tokens"]}
+
+    def losses(self, params, batch, train: bool, rng=None) -> tuple[jnp.ndarray, dict]:
+        """(weighted mean cross-entropy, {'level_losses': unweighted mean per level,
+        'tokens'})."""
+        return self._normalise(self.loss_sums(params, batch, train, rng))
+
+    def _gradients(self, params, batch: dict, rng) -> tuple[jnp.ndarray, dict, Any]:
+        """(loss, aux, grads) of the whole batch; with accumulation, microbatch by microbatch
+        (the same loss: each microbatch's weighted sum over the whole batch's weight)."""
+        n = self.accumulation
+        if n == 1:
+            (loss, aux), grads = jax.value_and_grad(
+                lambda p: self.losses(p, batch, True, rng), has_aux=True)(params)
+            return loss, aux, grads
+        total = jnp.maximum(jnp.sum(batch["weights"]), 1e-9)
+        # Microbatch i takes rows i, i + n, ...: every data shard gives each microbatch its
+        # share, so a microbatch stays spread over all devices.
+        micro = jax.tree.map(
+            lambda a: jnp.swapaxes(a.reshape((a.shape[0] // n, n) + a.shape[1:]), 0, 1), batch)
+
+        def one(carry, xs):
+            grads, sums = carry
+            mb, i = xs
+            def loss_fn(p):
+                s = self.loss_sums(p, mb, True, jax.random.fold_in(rng, i))
+                return s["loss"] / total, s
+            (_, s), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+
+        zero_sums = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+            lambda: self.loss_sums(params, jax.tree.map(lambda a: a[0], micro), True, rng)))
+        (grads, sums), _ = jax.lax.scan(
+            one, (jax.tree.map(jnp.zeros_like, params), zero_sums), (micro, jnp.arange(n)))
+        loss, aux = self._normalise(sums)
+        return loss, aux, grads
 
     def train_step(self, state: LMState, batch: dict) -> tuple[LMState, dict]:
         rng, k_drop = jax.random.split(state.rng)
-        (loss, aux), grads = jax.value_and_grad(
-            lambda p: self.losses(p, batch, True, k_drop), has_aux=True)(state.params)
+        loss, aux, grads = self._gradients(state.params, batch, k_drop)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "loss/level": aux["level_losses"],

@@ -206,6 +206,11 @@ class Transformer(nn.Module):
                           train=train)
         return self.ln_f(x)
 
+    def head(self, x):
+        """The LM head alone: final-normalised hidden states [B, T, W] (``features``) ->
+        float32 logits [B, T, V] (or [B, K, T, V])."""
+        return self._logits(x)
+
     def decode(self, tokens, cache: Cache, index):
         """Runs a chunk of new tokens through the model against a KV cache.
 

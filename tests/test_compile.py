@@ -102,7 +102,8 @@ def test_cli_prints_json_and_errors_in_one_line(tpu, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # A codec small enough to compile in well under a minute (the TPU compiler takes minutes
     # over the full tiny codec's convolutions and STFT loss).
-    small = ["--config.model.num_blocks=2", "--config.model.res_blocks=1",
+    small = ["--config.model.num_blocks=1", "--config.model.res_blocks=1",
+             "--config.model.channels=8",
              "--config.loss.spectral_weight=0.0", "--config.quantizer.num_levels=1"]
     ok = subprocess.run(base + ["--topology=v5e-4"] + small, capture_output=True, text=True,
                         env=env, cwd=root, timeout=600)

@@ -102,12 +102,11 @@ def test_two_processes_equal_one(tmp_path, tokens_dir):
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/report_*.json"))]
     assert sorted((r["process"], r["processes"], r["devices"]) for r in reports) == [
         (0, 1, 8), (0, 2, 8), (1, 2, 8)]
-    for model in ("codec", "lm"):
-        single, multi = _losses(tmp_path / "one" / model), _losses(tmp_path / "two" / model)
-        assert [s for s, _ in single] == [s for s, _ in multi] == [1, 2, 3]
-        # Same global batches, same program; only the cross-process reduction order may differ.
-        np.testing.assert_allclose([l for _, l in multi], [l for _, l in single], rtol=1e-6)
-        # Written collectively: one checkpoint, readable by a single process.
-        assert sorted(os.listdir(tmp_path / "two" / model / "checkpoints")) == ["3"]
+    single, multi = _losses(tmp_path / "one" / "lm"), _losses(tmp_path / "two" / "lm")
+    assert [s for s, _ in single] == [s for s, _ in multi] == [1, 2, 3]
+    # Same global batches, same program; only the cross-process reduction order may differ.
+    np.testing.assert_allclose([l for _, l in multi], [l for _, l in single], rtol=1e-6)
+    # Written collectively: one checkpoint, readable by a single process.
+    assert sorted(os.listdir(tmp_path / "two" / "lm" / "checkpoints")) == ["3"]
     # Metrics are written by process 0 only: one record per step, one TensorBoard file.
-    assert len(os.listdir(tmp_path / "two" / "codec" / "tensorboard")) == 1
+    assert len(os.listdir(tmp_path / "two" / "lm" / "tensorboard")) == 1

@@ -19,7 +19,9 @@ compiler on this machine. The report (one JSON-able dict) holds:
 A scanned layer stack is one ``while`` loop, whose body XLA's cost analysis counts once: for
 a scanned config the FLOPs and the step estimate come from unrolled compiles of the same
 model with one and two layers, extrapolated linearly to the real depth
-(``estimate_method``); memory and collectives come from the scanned program itself.
+(``estimate_method``); memory and collectives come from the scanned program itself. The
+microbatch loop of gradient accumulation is a loop too: its estimate comes from a copy of the
+step with that loop unrolled.
 """
 
 from __future__ import annotations
@@ -254,6 +256,13 @@ def _with_layers(config: Any, n: int) -> ml_collections.ConfigDict:
     return c
 
 
+def _unrolled_costs(config: Any, mesh, what: str) -> dict:
+    """The costs of ``config``'s step compiled with its microbatch loop unrolled."""
+    task = _task(config)
+    task.unroll_accumulation = True
+    return _costs(_compile(*_program(task, config, mesh, what))[0])
+
+
 def _program(task, config, mesh, what):
     return (_train_program if what == "train" else _decode_program)(task, config, mesh)
 
@@ -277,17 +286,20 @@ def compile_experiment(config: Any, topology: str, *, what: str = "train",
         fn, args = _program(task, config, mesh, what)
         compiled, seconds, oom = _compile(fn, args)
         scanned = bool(config.task == "lm" and config.model.get("scan_layers", False))
+        accumulated = bool(what == "train" and getattr(task, "accumulation", 1) > 1)
         estimate_method = "compiled program"
         if compiled is not None:
             costs = _costs(compiled)
             if scanned:  # the loop body counts once: extrapolate unrolled 1- and 2-layer copies
-                c1, c2 = (_costs(_compile(*_program(_task(_with_layers(config, n)),
-                                                    _with_layers(config, n), mesh, what))[0])
-                          for n in (1, 2))
+                c1, c2 = (_unrolled_costs(_with_layers(config, n), mesh, what) for n in (1, 2))
                 L = int(config.model.num_layers)
                 costs = {k: c1[k] + (L - 1) * (c2[k] - c1[k]) for k in c1}
                 estimate_method = ("unrolled 1- and 2-layer compiles extrapolated linearly to "
                                    f"{L} layers (the scanned loop body counts once)")
+            elif accumulated:
+                costs = _unrolled_costs(config, mesh, what)
+                estimate_method = ("a copy with the microbatch loop unrolled (the loop body "
+                                   "counts once)")
     report = _report(task, config, tpu, mesh, devices, what, num_slices, seconds,
                      compiled, oom)
     if compiled is not None:

@@ -82,6 +82,9 @@ class LMTask(Task):
         self.logits_chunk = int(config.loss.get("logits_chunk", 0))
         # > 1: each step's batch runs as this many microbatches with summed gradients.
         self.accumulation = int(config.train.get("gradient_accumulation_steps", 1))
+        # The microbatch loop as straight-line code (XLA's cost analysis counts a loop's body
+        # once; `audiolm-jax compile` estimates the step from an unrolled copy).
+        self.unroll_accumulation = False
 
     # ---------------------------------------------------------------- layout
     @property
@@ -169,7 +172,8 @@ class LMTask(Task):
         zero_sums = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
             lambda: self.loss_sums(params, jax.tree.map(lambda a: a[0], micro), True, rng)))
         (grads, sums), _ = jax.lax.scan(
-            one, (jax.tree.map(jnp.zeros_like, params), zero_sums), (micro, jnp.arange(n)))
+            one, (jax.tree.map(jnp.zeros_like, params), zero_sums), (micro, jnp.arange(n)),
+            unroll=n if self.unroll_accumulation else 1)
         loss, aux = self._normalise(sums)
         return loss, aux, grads
 

@@ -169,8 +169,13 @@ class LMTask(Task):
             (_, s), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
 
-        zero_sums = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
-            lambda: self.loss_sums(params, jax.tree.map(lambda a: a[0], micro), True, rng)))
+        # The sums start at zero; their per-level shapes come from the weights alone (no
+        # extra trace of the model).
+        levels = jnp.zeros_like(self.pattern.level_sums(micro["weights"][0], first_step=1),
+                                jnp.float32)
+        zero = jnp.zeros((), jnp.float32)
+        zero_sums = {"loss": zero, "weight": zero, "level_ce": levels, "level_count": levels,
+                     "tokens": zero}
         (grads, sums), _ = jax.lax.scan(
             one, (jax.tree.map(jnp.zeros_like, params), zero_sums), (micro, jnp.arange(n)),
             unroll=n if self.unroll_accumulation else 1)

@@ -115,6 +115,8 @@ def check_codec_config(config: Any, num_devices: int | None = None) -> None:
                 "data.sample_rate", "data.crop_length"):
         _positive_int(config, key)
     _positive_int(config, "train.seed", allow_zero=True)
+    if "worker_processes" in config.data:  # older workdirs' configs lack it
+        _positive_int(config, "data.worker_processes", allow_zero=True)
     check_codec_model(config)
     check_quantizer(config)
     _number(config, "optim.learning_rate", 0.0, lo_open=True)

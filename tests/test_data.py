@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 
@@ -50,6 +51,19 @@ def test_synthetic_items_and_determinism(corpus):
         corpus[32]
     assert SyntheticSpeechCorpus(sample_rate=24000, utterance_seconds=1.5)[0]["audio"].shape == (
         36000,)
+    # Items are kept for later epochs, read-only and equal to freshly synthesised ones; worker
+    # processes (pickled copies) start empty; a full cache stops keeping.
+    uncached = SyntheticSpeechCorpus(sample_rate=SR, num_utterances=32, utterance_seconds=3.0,
+                                     seed=0, cache_bytes=0)
+    assert corpus[3]["audio"] is item["audio"] and not item["audio"].flags.writeable
+    np.testing.assert_array_equal(uncached[3]["audio"], item["audio"])
+    assert uncached[3]["audio"] is not uncached[3]["audio"] and not uncached._cache
+    assert not pickle.loads(pickle.dumps(corpus))._cache and corpus._cache
+    small = SyntheticSpeechCorpus(sample_rate=SR, num_utterances=4, utterance_seconds=1.0,
+                                  cache_bytes=4 * SR * 2)
+    for i in range(4):
+        small[i]
+    assert sorted(small._cache) == [0, 1] and small._cached_bytes == 2 * SR * 4
 
 
 def _frame_rms(audio, frame=320):
@@ -365,6 +379,54 @@ def test_pipeline_resume_exactly():
         np.testing.assert_array_equal(next(resumed)["audio"], expected[k])
     it.set_state(state)  # rewinding the same iterator works too
     np.testing.assert_array_equal(next(it)["audio"], expected[6])
+
+
+def test_pipeline_worker_processes_same_batches_any_count_and_resume():
+    """grain worker processes give the threads' batches; a state saved under one worker count
+    resumes exactly under another (the pipeline restarts at the saved position)."""
+    corpus = SyntheticSpeechCorpus(sample_rate=SR, num_utterances=16, utterance_seconds=0.5)
+    kwargs = dict(crop_length=2000, batch_size=3, seed=7, shard_index=0, shard_count=1)
+    threads = make_audio_iterator(corpus, **kwargs)
+    expected = [next(threads)["audio"] for _ in range(9)]  # 27 items: crosses an epoch (16)
+    thread_state = json.loads(json.dumps(threads.get_state()))
+
+    two = make_audio_iterator(corpus, worker_processes=2, **kwargs)
+    try:
+        for k in range(4):
+            np.testing.assert_array_equal(next(two)["audio"], expected[k])
+        state = json.loads(json.dumps(two.get_state()))
+        assert state["worker_processes"] == 2 and state["position"] == 12
+        next(two)  # progress past the checkpoint that must be undone
+        two.set_state(state)
+        for k in range(4, 7):
+            np.testing.assert_array_equal(next(two)["audio"], expected[k])
+    finally:
+        two.close()
+    for workers, saved, first in ((0, state, 4), (1, thread_state, 9)):
+        resumed = make_audio_iterator(corpus, worker_processes=workers, **kwargs)
+        try:
+            resumed.set_state(saved)
+            got = next(resumed)["audio"]
+            if first < len(expected):
+                np.testing.assert_array_equal(got, expected[first])
+            else:  # from the threads' end: compare with the threads' next batch
+                np.testing.assert_array_equal(got, next(threads)["audio"])
+            assert resumed.get_state()["position"] == 3 * (first + 1)
+        finally:
+            resumed.close()
+    with pytest.raises(ValueError, match="worker_processes"):
+        make_audio_iterator(corpus, worker_processes=-1, **kwargs)
+
+
+def test_pipeline_counts_skips_made_in_worker_processes():
+    src = _IndexSource(10, length=5, bad=(2, 7))
+    it = make_audio_iterator(src, crop_length=8, batch_size=4, seed=0, num_epochs=1,
+                             shard_index=0, shard_count=1, worker_processes=1)
+    batches = list(it)
+    it.close()
+    assert len(batches) == 2 and it.skipped.count == 2
+    assert set(it.skipped.files) == {"item 2", "item 7"}
+    assert not {2, 7} & set(_ids(batches))
 
 
 def test_pipeline_crops_pads_and_filters():

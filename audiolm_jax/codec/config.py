@@ -51,7 +51,10 @@ def base_codec_config() -> ml_collections.ConfigDict:
     c.optim = optim_section(learning_rate=3e-4, end_learning_rate=3e-5, b2=0.999)
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic", eval_source="synthetic", sample_rate=16000, crop_length=65536,
-        num_eval=8, eval_seconds=4.0, synthetic_utterances=2048, synthetic_seconds=4.0))
+        num_eval=8, eval_seconds=4.0, synthetic_utterances=2048, synthetic_seconds=4.0,
+        # grain worker processes that decode and crop (0: threads of the training process);
+        # a TPU host needs several to feed its chips (docs/benchmarks.md, input pipeline).
+        worker_processes=0))
     c.train = train_section(name="codec", batch_size=128, sample_every=5000)
     c.mesh = mesh_section()
     return c

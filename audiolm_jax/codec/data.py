@@ -37,7 +37,8 @@ def make_train_iterator(config: Any):
     return make_audio_iterator(
         source, crop_length=int(config.data.crop_length),
         batch_size=int(config.train.batch_size) // processes, seed=int(config.train.seed),
-        shard_index=jax.process_index(), shard_count=processes, feature_hop=feature_hop)
+        shard_index=jax.process_index(), shard_count=processes, feature_hop=feature_hop,
+        worker_processes=int(config.data.get("worker_processes", 0)))
 
 
 def _with_teacher(config: Any, source):

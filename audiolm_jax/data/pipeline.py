@@ -10,19 +10,23 @@ Training::
     it.set_state(state)               # continues exactly where the saved one stopped
     it.skipped.as_dict()              # {'count': ..., 'files': {path: reason}}
 
-Pipeline (grain 0.2 ``MapDataset``)::
+Pipeline (grain 0.2)::
 
     source -> seed(seed) -> shuffle (global, same order on every host)
            -> repeat(num_epochs)  (reshuffled and re-cropped every epoch)
-           -> filter(drop malformed items, counting them)
-           -> random_map(random crop, per-element deterministic rng)
+           -> random_map(random crop, per-element deterministic rng; a malformed item
+              becomes a small skip marker instead)
            -> process blocks: of each run of batch_size * shard_count elements, this
               process takes the shard_index-th block of batch_size (lazily: it reads no other)
-           -> to_iter_dataset (thread prefetch) -> batch
+           -> to_iter_dataset (threads read ahead)
+           -> [mp_prefetch: ``worker_processes`` processes, each reading every n-th element]
+           -> filter (drops the markers and counts them, in this process) -> batch
 
 Every step above the process split is the same on every process, and crops are seeded by an
 element's place in that global stream, so the global batch (the processes' batches in process
 order) is the single-process batch whatever the process count, as long as no item is skipped.
+Worker processes hand their elements back in order, so the batches are the same with any
+number of them; a checkpoint saved with one worker count resumes under another.
 
 Items shorter than ``crop_length`` are zero-padded at the end (not looped):
 padding is silence, which the codec sees anyway between utterances.
@@ -97,32 +101,38 @@ def _item_name(item: dict[str, Any]) -> str:
     return str(item.get("path", f"item {item.get('index', '?')}"))
 
 
-class _KeepGood:
-    """grain filter: keeps readable items, records the rest in ``stats``.
+_SKIP = "_skipped_item"  # key of the marker that stands in for a malformed item
 
-    Raises once ``limit`` items in a row were unreadable, instead of letting an
-    infinitely repeated, all-bad dataset spin forever. Any ``2 * len - 1``
-    consecutive elements of a repeated dataset contain a whole epoch, so
-    ``limit = 2 * len + slack`` (slack for thread-order jitter) never fires
-    while at least one item is readable.
+
+class _KeepGood:
+    """grain filter: passes cropped items, counts the skip markers in ``stats``.
+
+    It runs in the consuming process (after any worker processes), so the counts are
+    complete whatever the worker count. Raises once ``limit`` items in a row were unreadable,
+    instead of letting an infinitely repeated, all-bad dataset spin forever. Any
+    ``2 * len - 1`` consecutive elements of a repeated dataset contain a whole epoch, so
+    ``limit = 2 * len + slack`` never fires while at least one item is readable.
+    ``seen`` counts every element it was offered: the stream position a resume starts from.
     """
 
-    def __init__(self, stats: SkipStats, limit: int):
+    def __init__(self, stats: SkipStats, limit: int, seen: int = 0):
         self.stats = stats
         self.limit = max(1, int(limit))
+        self.seen = int(seen)
         self._streak = 0
 
     def __call__(self, item: dict[str, Any]) -> bool:
-        reason = _is_bad(item)
-        if reason is None:
+        self.seen += 1
+        if _SKIP not in item:
             self._streak = 0
             return True
-        self.stats.record(_item_name(item), reason)
+        name, reason = item[_SKIP]
+        self.stats.record(name, reason)
         self._streak += 1
         if self._streak >= self.limit:
             raise ValueError(
                 f"no readable audio: the last {self._streak} items were all malformed "
-                f"(e.g. {_item_name(item)}: {reason}); skipped so far: {self.stats.count}")
+                f"(e.g. {name}: {reason}); skipped so far: {self.stats.count}")
         return False
 
 
@@ -146,6 +156,7 @@ def _fit_frames(features: np.ndarray, frames: int, start: int) -> np.ndarray:
 class _RandomCrop:
     """grain random_map: a uniformly random ``crop_length`` window.
 
+    A malformed item (see ``_is_bad``) becomes a skip marker for :class:`_KeepGood`.
     Items with ``'features'`` (teacher frames every ``feature_hop`` samples from the file's
     start) get a window starting on a feature frame boundary, so the features crop with the
     audio exactly: ``ceil(crop_length / feature_hop)`` frames, zero rows past the file's end.
@@ -155,7 +166,10 @@ class _RandomCrop:
         self.crop_length = crop_length
         self.feature_hop = feature_hop
 
-    def __call__(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def __call__(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        reason = _is_bad(item)
+        if reason is not None:
+            return {_SKIP: (_item_name(item), reason)}
         n = np.size(item["audio"])
         if "features" in item and self.feature_hop:
             return self._crop_with_features(item, n, rng)
@@ -195,44 +209,87 @@ class _ProcessBlocks(grain.MapDataset):
 class AudioIterator:
     """Iterator over ``{'audio': float32 [batch, crop_length]}`` batches.
 
-    Wraps a grain ``DatasetIterator``; adds ``skipped`` (:class:`SkipStats`).
+    Wraps a grain ``DatasetIterator`` (built on first use); adds ``skipped``
+    (:class:`SkipStats`).
 
-    ``get_state()`` returns a JSON-serialisable dict
-    ``{'grain': <grain iterator state>, 'skipped': {'count', 'files'}}``;
-    ``set_state(state)`` on an iterator built with the same arguments makes the
-    following batches identical to those the saved iterator would have
-    produced (and restores the skip counters). A bare grain state (without the
-    ``'grain'`` key) is accepted too.
+    ``get_state()`` returns a JSON-serialisable dict ``{'grain': <grain iterator state>,
+    'skipped': {'count', 'files'}, 'position': elements consumed, 'base': where this
+    pipeline started, 'worker_processes': n}``; ``set_state(state)`` on an iterator built with
+    the same arguments makes the following batches identical to those the saved iterator would
+    have produced (and restores the skip counters). With a different ``worker_processes`` the
+    grain state does not apply, so the pipeline is rebuilt to start at the saved position:
+    the batches are the same. States of older versions (no ``position``) and bare grain states
+    are accepted too.
     """
 
-    def __init__(self, grain_iterator, skipped: SkipStats):
-        self._it = grain_iterator
+    def __init__(self, build, worker_processes: int, skipped: SkipStats):
+        self._build = build  # base -> (grain iterator over the stream from base, its filter)
+        self.worker_processes = int(worker_processes)
         self.skipped = skipped
+        self._base = 0
+        self._it = None
+        self._keep = None
+
+    def _start(self, base: int) -> None:
+        self.close()
+        self._base = int(base)
+        self._it, self._keep = self._build(self._base)
 
     def __iter__(self) -> "AudioIterator":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._start(self._base)
         return next(self._it)
 
     def get_state(self) -> dict[str, Any]:
-        return {"grain": self._it.get_state(), "skipped": self.skipped.as_dict()}
+        if self._it is None:
+            self._start(self._base)
+        return {"grain": self._it.get_state(), "skipped": self.skipped.as_dict(),
+                "position": self._keep.seen, "base": self._base,
+                "worker_processes": self.worker_processes}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if "grain" in state:
-            self._it.set_state(state["grain"])
-            self.skipped.load(state.get("skipped", {}))
-        else:
+        if "grain" not in state:  # a bare grain state
+            self._start(0)
             self._it.set_state(state)
+            return
+        native = state["grain"]
+        workers = int(state.get("worker_processes", 0))
+        base = int(state.get("base", 0))
+        position = state.get("position")
+        if position is None:  # written before positions were recorded: threads only
+            position = base + int(native["next_index"])
+        if workers == self.worker_processes:
+            self._start(base)
+            self._it.set_state(native)
+            self._keep.seen = int(position)
+        else:
+            self._start(int(position))
+        self.skipped.load(state.get("skipped", {}))
 
     @property
     def grain_iterator(self):
+        if self._it is None:
+            self._start(self._base)
         return self._it
 
     def close(self) -> None:
-        close = getattr(self._it, "close", None)
+        """Stops the read-ahead (and any worker processes); the iterator restarts on use."""
+        it, self._it = self._it, None
+        close = getattr(it, "close", None)
         if close is not None:
             close()
+
+
+def _allow_grain_workers() -> None:
+    """grain's worker processes read absl flags; a program that never parsed them (a script,
+    a notebook) would fail there, so mark them parsed with their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def make_audio_iterator(
@@ -248,6 +305,7 @@ def make_audio_iterator(
         drop_remainder: bool = True,
         num_threads: int | None = None,
         prefetch_buffer_size: int | None = None,
+        worker_processes: int = 0,
         skipped: SkipStats | None = None,
         feature_hop: int | None = None,
 ) -> AudioIterator:
@@ -269,8 +327,13 @@ def make_audio_iterator(
       num_epochs: ``None`` repeats forever.
       shuffle: shuffle items (re-shuffled every epoch).
       drop_remainder: drop a final partial batch (only relevant if finite).
-      num_threads, prefetch_buffer_size: grain ``ReadOptions`` (defaults:
-        ``min(16, cpu_count)`` threads, ``max(64, 4 * batch_size)`` items).
+      num_threads, prefetch_buffer_size: grain ``ReadOptions`` of each reading
+        process (defaults: ``min(16, cpus / processes)`` threads,
+        ``max(64, 4 * batch_size)`` items in all).
+      worker_processes: decode and crop in this many grain worker processes
+        (``mp_prefetch``) instead of threads of this one: Python-heavy sources
+        (the synthetic corpus, resampling) scale with cores only this way. The
+        batches are the same with any count.
       skipped: optional shared :class:`SkipStats` to record skips into.
       feature_hop: for sources whose items carry teacher ``'features'``
         (:class:`audiolm_jax.data.features.TeacherFeatureSource`): samples per
@@ -281,6 +344,9 @@ def make_audio_iterator(
         raise ValueError(f"crop_length must be positive, got {crop_length}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    worker_processes = int(worker_processes)
+    if worker_processes < 0:
+        raise ValueError(f"worker_processes must be >= 0, got {worker_processes}")
     shard_index = jax.process_index() if shard_index is None else int(shard_index)
     shard_count = jax.process_count() if shard_count is None else int(shard_count)
     if not 0 <= shard_index < shard_count:
@@ -294,18 +360,31 @@ def make_audio_iterator(
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    # The streak limit counts this process's elements only, a 1/shard_count sample of the stream.
-    ds = ds.filter(_KeepGood(skipped, limit=2 * n * shard_count + 128))
     ds = ds.random_map(_RandomCrop(int(crop_length), feature_hop))
     if shard_count > 1:
         ds = _ProcessBlocks(ds, int(batch_size), shard_count, shard_index)
+    readers = max(1, worker_processes)
+    buffer = (prefetch_buffer_size if prefetch_buffer_size is not None
+              else max(64, 4 * batch_size))
     read_options = grain.ReadOptions(
-        num_threads=num_threads if num_threads is not None else min(16, os.cpu_count() or 1),
-        prefetch_buffer_size=(prefetch_buffer_size if prefetch_buffer_size is not None
-                              else max(64, 4 * batch_size)),
-    )
-    it_ds = ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=drop_remainder)
-    return AudioIterator(iter(it_ds), skipped)
+        num_threads=(num_threads if num_threads is not None
+                     else max(1, min(16, (os.cpu_count() or 1) // readers))),
+        prefetch_buffer_size=max(1, buffer // readers))
+    # The streak limit counts this process's elements only, a 1/shard_count sample of the stream.
+    limit = 2 * n * shard_count + 128
+
+    def build(base: int):
+        keep = _KeepGood(skipped, limit, seen=base)
+        it_ds = (ds[base:] if base else ds).to_iter_dataset(read_options)
+        if worker_processes:
+            _allow_grain_workers()
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=worker_processes,
+                per_worker_buffer_size=max(2, buffer // worker_processes)))
+        it_ds = it_ds.filter(keep).batch(batch_size, drop_remainder=drop_remainder)
+        return iter(it_ds), keep
+
+    return AudioIterator(build, worker_processes, skipped)
 
 
 def iter_eval_batches(

@@ -28,6 +28,9 @@ flags.DEFINE_enum("tokenizer", "codec", ["codec", "mulaw"], "tokenize: codec tok
 flags.DEFINE_integer("sample_rate", 16000, "tokenize --tokenizer=mulaw: audio rate.")
 flags.DEFINE_integer("files_per_shard", 64, "tokenize: audio files per token shard.")
 flags.DEFINE_boolean("stereo_streams", False, "tokenize: one token stream per stereo channel.")
+flags.DEFINE_string("text_tokenizer", None,
+                    "tokenize: SentencePiece .model; also writes the aligned text stream from "
+                    "the alignment JSON beside each file (moshi-finetune's format).")
 flags.DEFINE_string("tokens", None, "eval-lm: token directory.")
 flags.DEFINE_string("prompt", None, "generate: prompt audio file.")
 flags.DEFINE_float("seconds", 4.0, "generate: seconds of audio to generate after the prompt.")
@@ -182,7 +185,9 @@ def cmd_tokenize(argv):
                               codec_workdir=FLAGS["codec-workdir"].value,
                               sample_rate=FLAGS.sample_rate,
                               files_per_shard=FLAGS.files_per_shard,
-                              stereo_streams=FLAGS.stereo_streams)))
+                              stereo_streams=FLAGS.stereo_streams,
+                              text_tokenizer=(_require_file(FLAGS.text_tokenizer)
+                                              if FLAGS.text_tokenizer else None))))
 
 
 def cmd_train_lm(argv):

@@ -245,3 +245,65 @@ def test_missing_dir_and_shard_errors(tmp_path, corpus):
     os.remove(os.path.join(out, "shard_00002-of-00003.npz"))
     with pytest.raises(FileNotFoundError, match="partial"):
         tk.load_token_dir(out)
+
+
+def test_text_stream_rows_beside_the_audio_tokens(corpus, tmp_path):
+    """--text_tokenizer: each file's aligned text stream (audiolm_jax/text) is stored frame by
+    frame beside its tokens and windowed with them; no JSON -> -1 rows, counted; a malformed
+    JSON -> the file is left out with the JSON named."""
+    from audiolm_jax.text import load_alignment, text_stream, train_tokenizer
+
+    paths, _ = corpus
+    words = ["hello", "there", "model", "speaks", "user", "talks"]
+    spm = str(tmp_path / "spm.model")
+    tok = train_tokenizer(words * 20, spm, vocab_size=40)
+    folder = tmp_path / "dialogues"
+    folder.mkdir()
+    stereo = []
+    for i in range(3):  # the first three 0.4 s files, each stereo with itself reversed
+        audio = load_audio(paths[i], SR)
+        path = str(folder / f"d{i}.wav")
+        save_wav(path, np.stack([audio, audio[::-1]], axis=1), SR)
+        stereo.append(path)
+    aligned = {"alignments": [["hello", [0.05, 0.12], "SPEAKER_MAIN"],
+                              ["user", [0.1, 0.2], "SPEAKER_USER"],
+                              ["speaks", [0.21, 0.3], "SPEAKER_MAIN"]]}
+    (folder / "d0.json").write_text(json.dumps(aligned))
+    # d1 has no JSON; d2's words run backwards in time.
+    (folder / "d2.json").write_text(json.dumps({"alignments": [
+        ["there", [0.3, 0.35], "SPEAKER_MAIN"], ["model", [0.1, 0.2], "SPEAKER_MAIN"]]}))
+    out = str(tmp_path / "tok")
+    with pytest.warns(UserWarning, match="d2.json"):
+        summary = tk.tokenize_corpus(stereo, out, codec=FakeCodec(), stereo_streams=True,
+                                     text_tokenizer=spm)
+    assert summary["skipped_files"] == [stereo[2]] and "alignment" in summary["skip_reasons"][stereo[2]]
+    assert summary["no_transcript"] == [stereo[1]]
+    td = tk.load_token_dir(out)
+    meta = td.metadata
+    assert meta["text"]["no_transcript"] == ["d1.wav"] and meta["text"]["vocab_size"] == tok.vocab_size
+    assert meta["skipped"]["count"] == 1
+    shard = td.shards[0]
+    frames = td.shard_frames[0]
+    starts = list(shard.starts) + [frames]
+    assert shard.text.shape == (frames,) and shard.text.dtype == np.int32
+    first = shard.text[starts[0]:starts[1]]
+    expected = text_stream(load_alignment(folder / "d0.json", 0.4), starts[1], tok,
+                           frame_rate=FakeCodec.frame_rate)
+    np.testing.assert_array_equal(first, expected)
+    hello = tok.encode("hello")
+    assert list(first[5:5 + len(hello)]) == hello and first[4] == 0  # EPAD before the word
+    assert (first[10:20] == 3).all()  # the user's word (0.1-0.2 s) is not in the stream
+    assert (shard.text[starts[1]:] == -1).all()  # d1: no transcript
+    # Windows carry the text rows of the same frames.
+    batch = next(tk.make_window_iterator(td, frames=8, batch_size=4, seed=0))
+    assert batch["text"].shape == (4, 8) and batch["codes"].shape == (4, 2, 3, 8)
+    for codes, text in zip(batch["codes"], batch["text"]):
+        hits = [s for s in range(frames - 7)
+                if np.array_equal(shard.tokens[:, :, s:s + 8], codes)]
+        assert any(np.array_equal(shard.text[s:s + 8], text) for s in hits)
+    # A resumed run must use the same text tokenizer.
+    other = str(tmp_path / "other.model")
+    train_tokenizer(words[:3] * 20, other, vocab_size=30)
+    with pytest.raises(ValueError, match="text_tokenizer"):
+        tk.tokenize_corpus(stereo, out, codec=FakeCodec(), stereo_streams=True,
+                           text_tokenizer=other)

@@ -29,7 +29,8 @@ from audiolm_jax.train.loop import train_loop
 # ------------------------------------------------------------------------------ tokenize
 def tokenize(audio_paths: Sequence[str], out_dir: str, *, tokenizer: str = "codec",
              codec_workdir: str | None = None, sample_rate: int = 16000,
-             files_per_shard: int = 64, stereo_streams: bool = False) -> dict:
+             files_per_shard: int = 64, stereo_streams: bool = False,
+             text_tokenizer: str | None = None) -> dict:
     codec = None
     if tokenizer == "codec":
         if not codec_workdir:
@@ -41,7 +42,8 @@ def tokenize(audio_paths: Sequence[str], out_dir: str, *, tokenizer: str = "code
                            sample_rate=sample_rate, files_per_shard=files_per_shard,
                            process_index=jax.process_index(),
                            process_count=jax.process_count(), stereo_streams=stereo_streams,
-                           codec_workdir=os.path.abspath(codec_workdir) if codec_workdir else None)
+                           codec_workdir=os.path.abspath(codec_workdir) if codec_workdir else None,
+                           text_tokenizer=text_tokenizer)
 
 
 # ------------------------------------------------------------------------------ train

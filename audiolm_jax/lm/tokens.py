@@ -20,7 +20,9 @@ Token directory format (``format: 1``)
      "files_per_shard": int,
      "num_shards": int,
      "shard_files": ["shard_00000-of-0000N.npz", ...],
-     "skipped": {"count": int, "files": {path: reason}}}   # malformed files left out
+     "skipped": {"count": int, "files": {path: reason}},   # malformed files left out
+     "text": null | {"tokenizer": path, "vocab_size": int,   # with --text_tokenizer only
+              "no_transcript": [names]}}  # files without an alignment JSON: text all -1
 
 ``skipped`` is updated by each process after its shards (with several processes
 writing at once, a shard's own ``skipped`` array is the authoritative record).
@@ -32,7 +34,11 @@ tokens of sorted input files ``[i * files_per_shard, (i + 1) * files_per_shard)`
   the utterances' frames concatenated back to back in file order;
 * ``starts``: int64 ``[num_utterances]``, each utterance's first frame;
 * ``names``: str ``[num_utterances]``, source file base names;
-* ``skipped``: str ``[m]``, base names of malformed files left out.
+* ``skipped``: str ``[m]``, base names of malformed files left out;
+* ``text`` (token directories with a text stream): int32 ``[total_frames]``, Moshi's aligned
+  text stream of stream 0's speaker (``audiolm_jax/text/stream.py``) frame by frame beside the
+  audio tokens; -1 (no input, no loss) for a file with no alignment JSON. A file whose
+  alignment JSON is malformed is left out like an unreadable audio file.
 
 Shards are written to a temporary name in the same folder and renamed with
 ``os.replace``, so a shard file that exists is complete; re-running
@@ -50,6 +56,7 @@ windows lie entirely before that point, ``split='eval'`` windows and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -76,7 +83,8 @@ METADATA_FILE = "metadata.json"
 MULAW_CODEBOOK = 256
 # Keys that must agree between an existing metadata.json and a resumed run.
 _IDENTITY_KEYS = ("format", "tokenizer", "sample_rate", "frame_rate", "num_levels",
-                  "codebook_size", "num_streams", "num_files", "files_per_shard", "num_shards")
+                  "codebook_size", "num_streams", "num_files", "files_per_shard", "num_shards",
+                  "text_tokenizer")
 
 
 def shard_file_name(index: int, count: int) -> str:
@@ -167,6 +175,7 @@ def tokenize_corpus(
         process_count: int = 1,
         stereo_streams: bool = False,
         codec_workdir: str | None = None,
+        text_tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Tokenises ``audio_paths`` into the token directory ``out_dir``.
 
@@ -181,13 +190,17 @@ def tokenize_corpus(
       stereo_streams: tokenise each of a 2-channel file's channels as its own
         stream (S=2); a file without exactly 2 channels raises ``ValueError``.
       codec_workdir: recorded in the metadata (defaults to ``codec.workdir``).
+      text_tokenizer: a SentencePiece ``.model``: each shard also holds the aligned text
+        stream built from the moshi-finetune alignment JSON beside each audio file (same stem,
+        ``.json``); see the module docstring.
 
     Returns:
       ``{'num_files', 'skipped_files': [paths], 'skip_reasons': {path: reason},
-      'shards_written': [indices], 'shards_skipped': [indices already present]}``
-      for this process's shards.
+      'shards_written': [indices], 'shards_skipped': [indices already present],
+      'no_transcript': [paths]}`` for this process's shards.
     """
     from audiolm_jax.data.audio_io import AudioDecodeError
+    from audiolm_jax.text.alignment import AlignmentError
     from audiolm_jax.tokenizers.mulaw import mulaw_encode
 
     if tokenizer not in ("codec", "mulaw"):
@@ -219,6 +232,7 @@ def tokenize_corpus(
         num_levels, codebook_size, frame_rate, codec_meta = 1, MULAW_CODEBOOK, float(sr), None
         encode = lambda x: np.asarray(mulaw_encode(np.asarray(x, np.float32)), np.int64)[None]
 
+    text_rows = None if text_tokenizer is None else _TextRows(text_tokenizer, frame_rate)
     num_shards = -(-len(paths) // files_per_shard)
     shard_files = [shard_file_name(i, num_shards) for i in range(num_shards)]
     metadata = {
@@ -235,6 +249,10 @@ def tokenize_corpus(
         "num_shards": num_shards,
         "shard_files": shard_files,
         "skipped": {"count": 0, "files": {}},
+        "text_tokenizer": None if text_rows is None else text_rows.identity,
+        "text": None if text_rows is None else {"tokenizer": text_rows.path,
+                                                "vocab_size": text_rows.tokenizer.vocab_size,
+                                                "no_transcript": []},
     }
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, METADATA_FILE)
@@ -246,24 +264,30 @@ def tokenize_corpus(
         _atomic_write(meta_path, lambda f: f.write(text))
 
     dtype = _token_dtype(codebook_size)
-    skipped_all, written, already = [], [], []
+    skipped_all, written, already, no_transcript = [], [], [], []
     reasons: dict[str, str] = {}
     for i in range(process_index, num_shards, process_count):
         shard_path = os.path.join(out_dir, shard_files[i])
         if os.path.exists(shard_path):
             already.append(i)
             continue
-        chunks, starts, names, skipped = [], [], [], []
+        chunks, texts, starts, names, skipped = [], [], [], [], []
         offset = 0
         for path in paths[i * files_per_shard:(i + 1) * files_per_shard]:
             try:
                 streams = _load_streams(path, sr, stereo_streams)
-            except AudioDecodeError as e:
-                warnings.warn(f"skipping malformed audio file {path!r}: {e.reason}")
+                words = None if text_rows is None else text_rows.words(path, streams.shape[-1] / sr)
+            except (AudioDecodeError, AlignmentError) as e:
+                what = "alignment" if isinstance(e, AlignmentError) else "audio"
+                warnings.warn(f"skipping {path!r}: malformed {what} file {e.path!r}: {e.reason}")
                 skipped.append(path)
-                reasons[path] = e.reason
+                reasons[path] = e.reason if what == "audio" else f"alignment: {e.reason}"
                 continue
             codes = np.stack([encode(s) for s in streams])  # [S, K, frames]
+            if text_rows is not None:
+                texts.append(text_rows.row(words, codes.shape[2]))
+                if words is None:
+                    no_transcript.append(path)
             if codes.shape[1] != num_levels:
                 raise ValueError(f"tokenizer gave {codes.shape[1]} levels for {path!r}, "
                                  f"expected {num_levels}")
@@ -278,17 +302,45 @@ def tokenize_corpus(
         arrays = dict(tokens=tokens, starts=np.asarray(starts, np.int64),
                       names=np.asarray(names, dtype=str),
                       skipped=np.asarray([os.path.basename(p) for p in skipped], dtype=str))
+        if text_rows is not None:
+            arrays["text"] = (np.concatenate(texts) if texts else np.zeros((0,), np.int32))
         _atomic_write(shard_path, lambda f: np.savez(f, **arrays))
         written.append(i)
         skipped_all.extend(skipped)
-    if reasons:
-        _record_skips(meta_path, reasons)
+    if reasons or no_transcript:
+        _record_skips(meta_path, reasons, no_transcript)
     return {"num_files": len(paths), "skipped_files": skipped_all, "skip_reasons": reasons,
-            "shards_written": written, "shards_skipped": already}
+            "shards_written": written, "shards_skipped": already,
+            "no_transcript": no_transcript}
 
 
-def _record_skips(meta_path: str, reasons: dict[str, str]) -> None:
-    """Merges this run's skipped files into metadata.json (kept across resumed runs)."""
+class _TextRows:
+    """Builds each file's aligned text row with a SentencePiece model (``audiolm_jax/text``)."""
+
+    def __init__(self, path: str, frame_rate: float):
+        from audiolm_jax.text.tokenizer import TextTokenizer
+
+        self.path = os.path.abspath(os.fspath(path))
+        self.tokenizer = TextTokenizer.load(self.path)
+        self.frame_rate = float(frame_rate)
+        # What a resumed run must share: the model's bytes, not where the file lies.
+        self.identity = hashlib.sha256(self.tokenizer.model_bytes).hexdigest()[:16]
+
+    def words(self, audio_path: str, seconds: float):
+        from audiolm_jax.text.alignment import alignment_path, load_alignment
+
+        return load_alignment(alignment_path(audio_path), duration=seconds)
+
+    def row(self, words, num_frames: int) -> np.ndarray:
+        from audiolm_jax.text.stream import text_stream
+
+        return text_stream(words, num_frames, self.tokenizer, frame_rate=self.frame_rate)
+
+
+def _record_skips(meta_path: str, reasons: dict[str, str],
+                  no_transcript: Sequence[str] = ()) -> None:
+    """Merges this run's skipped files (and files without a transcript) into metadata.json
+    (kept across resumed runs)."""
     if not os.path.exists(meta_path):
         return  # another process writes it; the shards' own ``skipped`` arrays still hold them
     with open(meta_path) as f:
@@ -296,6 +348,10 @@ def _record_skips(meta_path: str, reasons: dict[str, str]) -> None:
     files = dict(metadata.get("skipped", {}).get("files", {}))
     files.update(reasons)
     metadata["skipped"] = {"count": len(files), "files": dict(sorted(files.items()))}
+    if no_transcript and metadata.get("text") is not None:
+        names = set(metadata["text"].get("no_transcript", []))
+        names.update(os.path.basename(p) for p in no_transcript)
+        metadata["text"]["no_transcript"] = sorted(names)
     text = json.dumps(metadata, indent=2).encode()
     _atomic_write(meta_path, lambda f: f.write(text))
 
@@ -342,6 +398,7 @@ class Shard:
     def __init__(self, path: str):
         self.path = path
         self._tokens = None
+        self._text = None
         self._small = None
 
     @property
@@ -354,6 +411,17 @@ class Shard:
                     arr = z["tokens"]
             self._tokens = arr
         return self._tokens
+
+    @property
+    def text(self) -> np.ndarray | None:
+        """int32 [total_frames] aligned text stream, or None for a directory without text."""
+        if self._text is None:
+            arr = _mmap_npz_member(self.path, "text")
+            if arr is None:
+                with np.load(self.path, allow_pickle=False) as z:
+                    arr = z["text"] if "text" in z.files else False
+            self._text = arr
+        return None if self._text is False else self._text
 
     def _load_small(self) -> dict[str, np.ndarray]:
         if self._small is None:
@@ -389,6 +457,7 @@ class TokenDir:
         self.codebook_size = int(metadata["codebook_size"])
         self.frame_rate = float(metadata["frame_rate"])
         self.tokenizer = metadata["tokenizer"]
+        self.text = metadata.get("text")  # None, or the text stream's tokenizer and counts
         self._frames = None
 
     @property
@@ -400,6 +469,10 @@ class TokenDir:
                 if t.ndim != 3 or t.shape[:2] != (self.num_streams, self.num_levels):
                     raise ValueError(f"{shard.path} holds tokens of shape {t.shape}; metadata says "
                                      f"[{self.num_streams}, {self.num_levels}, frames]")
+                text = shard.text if self.text is not None else None
+                if self.text is not None and (text is None or text.shape != (t.shape[2],)):
+                    raise ValueError(f"{shard.path}: its text stream does not match its "
+                                     f"{t.shape[2]} token frames (metadata lists a text stream)")
                 frames.append(int(t.shape[2]))
             self._frames = frames
         return self._frames
@@ -458,7 +531,8 @@ def _check_split(split: str, eval_fraction: float) -> None:
 
 
 class WindowIterator:
-    """Infinite iterator of ``{'codes': int32 [batch, S, K, frames]}`` random windows.
+    """Infinite iterator of ``{'codes': int32 [batch, S, K, frames]}`` random windows (plus
+    ``'text': int32 [batch, frames]``, the aligned text rows, in a directory with text).
 
     Batch ``n`` of the *global* batch (``batch_size * shard_count`` windows) is
     drawn with ``np.random.default_rng([seed, n])`` among all valid window
@@ -502,19 +576,19 @@ class WindowIterator:
     def __iter__(self) -> "WindowIterator":
         return self
 
-    def _window(self, g: int) -> np.ndarray:
+    def _window(self, g: int) -> tuple[Any, int, int]:
         s = int(np.searchsorted(self._ends, g, side="right"))
         before = int(self._ends[s - 1]) if s else 0
         start = int(self._lows[s]) + g - before
-        return self.token_dir.shards[s].tokens[:, :, start:start + self.frames]
+        return self.token_dir.shards[s], start, start + self.frames
 
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.step])
         starts = rng.integers(0, self.num_windows, size=self.batch_size * self.shard_count)
         mine = starts[self.shard_index * self.batch_size:(self.shard_index + 1) * self.batch_size]
-        codes = np.stack([self._window(int(g)) for g in mine])
+        windows = [self._window(int(g)) for g in mine]
         self.step += 1
-        return {"codes": codes.astype(np.int32)}
+        return _window_batch(windows, self.token_dir.text is not None)
 
     def get_state(self) -> dict[str, Any]:
         return {"step": self.step, "seed": self.seed, "shard_index": self.shard_index,
@@ -547,7 +621,7 @@ def iter_eval_windows(token_dir: TokenDir, frames: int, batch_size: int,
     order, where ``lo`` is 0 or, with ``eval_fraction > 0``, the start of the
     shard's held-out region; window number ``w`` goes to ``shard_index`` if
     ``w % shard_count == shard_index``. Yields ``{'codes': int32 [batch, S, K,
-    frames]}`` (a final partial batch only with ``drop_remainder=False``), at
+    frames]}`` (and ``'text'`` as :class:`WindowIterator`) (a final partial batch only with ``drop_remainder=False``), at
     most ``max_batches`` batches.
     """
     if frames < 1 or batch_size < 1:
@@ -562,11 +636,21 @@ def iter_eval_windows(token_dir: TokenDir, frames: int, batch_size: int,
             w += 1
             if not mine:
                 continue
-            batch.append(np.asarray(shard.tokens[:, :, start:start + frames], np.int32))
+            batch.append((shard, start, start + frames))
             if len(batch) == batch_size:
-                yield {"codes": np.stack(batch)}
+                yield _window_batch(batch, token_dir.text is not None)
                 batch, emitted = [], emitted + 1
                 if max_batches is not None and emitted >= max_batches:
                     return
     if batch and not drop_remainder:
-        yield {"codes": np.stack(batch)}
+        yield _window_batch(batch, token_dir.text is not None)
+
+
+def _window_batch(windows, with_text: bool) -> dict[str, np.ndarray]:
+    """``{'codes': [B, S, K, frames]}`` (and ``'text': [B, frames]``) of (shard, lo, hi)."""
+    batch = {"codes": np.stack([shard.tokens[:, :, lo:hi] for shard, lo, hi in windows]
+                               ).astype(np.int32)}
+    if with_text:
+        batch["text"] = np.stack([shard.text[lo:hi] for shard, lo, hi in windows]
+                                 ).astype(np.int32)
+    return batch

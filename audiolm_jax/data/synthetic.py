@@ -195,15 +195,23 @@ def _plan_utterance(rng: np.random.Generator, duration: float):
 
 
 def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: int,
-                         sample_rate: int) -> np.ndarray:
-    """Synthesise one speech-like utterance as float32 in [-1, 1]."""
+                         sample_rate: int, plan: list[dict] | None = None) -> np.ndarray:
+    """Synthesise one speech-like utterance as float32 in [-1, 1].
+
+    ``plan`` is the syllable timeline to speak, in the format ``_plan_utterance`` returns: a list
+    of dicts with ``vstart``/``vend`` (vowel nucleus, seconds), ``vowel`` (row of ``_VOWELS``),
+    ``accent`` (bool), ``slope``, ``level`` and ``cons`` (None, ``("fric", start, dur, band)`` or
+    ``("plos", burst_start, burst_dur, 0)``), in time order. None (the default) draws a random
+    babble plan from ``rng`` first, exactly as before the argument existed, so the same ``rng``
+    gives the same audio. :mod:`audiolm_jax.data.lexicon` passes plans of fixed words.
+    """
     sr = float(sample_rate)
     duration = num_samples / sr
     hop = max(1, int(round(sample_rate * 0.005)))  # 5 ms control rate
     num_frames = -(-num_samples // hop) + 1
     frame_t = np.arange(num_frames) * hop / sr
 
-    sylls = _plan_utterance(rng, duration)
+    sylls = _plan_utterance(rng, duration) if plan is None else list(plan)
 
     # ---- pitch contour (frame rate) ----
     span = voice.f0_max - voice.f0_min

@@ -11,6 +11,9 @@ compiler on this machine. The report (one JSON-able dict) holds:
 * the compiler's FLOPs per device and its cost model's step time (``optimal_seconds``); the
   estimated step adds the time of Mosaic kernels (splash attention) at the chip's peak, since
   the cost model does not see inside them;
+* where a chip's cost model gives no answer (v5e: negative ``optimal_seconds``), the estimate
+  is the chip's roofline divided by the roofline/cost-model ratio of the same step compiled
+  for a v5p slice of as many chips (``calibration``), not the bare roofline (an upper bound);
 * model FLOPs per device in MaxText's convention (``calculate_tflops_training_per_device``):
   3 x (forward matmul FLOPs of every weight + the causal half of the attention scores), so
   MFU figures compare with MaxText's;
@@ -241,11 +244,22 @@ def _memory(compiled) -> dict:
     return {"total": total, **parts}
 
 
-def _step_estimate(costs: dict, tpu: Slice) -> tuple[float, str]:
+def _roofline(costs: dict, tpu: Slice) -> float:
+    return max(costs["flops"] / tpu.peak_flops, costs["bytes"] / tpu.hbm_bandwidth)
+
+
+def _step_estimate(costs: dict, tpu: Slice, calibration: dict | None = None
+                   ) -> tuple[float, str]:
     if costs["optimal_seconds"] > 0:
         return costs["optimal_seconds"], "TPU cost model (optimal_seconds)"
-    # The cost model gave no answer (seen as -5 on some v5e programs): a roofline instead.
-    roof = max(costs["flops"] / tpu.peak_flops, costs["bytes"] / tpu.hbm_bandwidth)
+    roof = _roofline(costs, tpu)
+    if calibration is not None:
+        ratio = calibration["roofline_over_cost_model"]
+        return roof / ratio, (
+            f"roofline max(flops / peak, bytes / HBM bandwidth) divided by {ratio:.3f}, the "
+            f"ratio of roofline to cost model of the same step on {calibration['topology']} "
+            "(this chip's cost model gave none)")
+    # No cost model for this chip and no reference: the roofline, an upper bound on speed.
     return roof, "roofline max(flops / peak, bytes / HBM bandwidth): the cost model gave none"
 
 
@@ -285,27 +299,68 @@ def compile_experiment(config: Any, topology: str, *, what: str = "train",
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         fn, args = _program(task, config, mesh, what)
         compiled, seconds, oom = _compile(fn, args)
-        scanned = bool(config.task == "lm" and config.model.get("scan_layers", False))
-        accumulated = bool(what == "train" and getattr(task, "accumulation", 1) > 1)
-        estimate_method = "compiled program"
         if compiled is not None:
-            costs = _costs(compiled)
-            if scanned:  # the loop body counts once: extrapolate unrolled 1- and 2-layer copies
-                c1, c2 = (_unrolled_costs(_with_layers(config, n), mesh, what) for n in (1, 2))
-                L = int(config.model.num_layers)
-                costs = {k: c1[k] + (L - 1) * (c2[k] - c1[k]) for k in c1}
-                estimate_method = ("unrolled 1- and 2-layer compiles extrapolated linearly to "
-                                   f"{L} layers (the scanned loop body counts once)")
-            elif accumulated:
-                costs = _unrolled_costs(config, mesh, what)
-                estimate_method = ("a copy with the microbatch loop unrolled (the loop body "
-                                   "counts once)")
+            costs, estimate_method = _program_costs(config, mesh, what, task, compiled)
+    calibration = None
+    if compiled is not None and costs["optimal_seconds"] <= 0:
+        calibration = _calibration(config, tpu, num_slices, what)
     report = _report(task, config, tpu, mesh, devices, what, num_slices, seconds,
                      compiled, oom)
     if compiled is not None:
-        report.update(_figures(task, config, tpu, mesh, what, compiled, costs))
+        report.update(_figures(task, config, tpu, mesh, what, compiled, costs, calibration))
         report["estimate_method"] = estimate_method
+        if calibration is not None:
+            report["calibration"] = calibration
     return report
+
+
+def _program_costs(config, mesh, what, task, compiled) -> tuple[dict, str]:
+    """(FLOPs, bytes and cost-model seconds of the whole step, how they were obtained)."""
+    scanned = bool(config.task == "lm" and config.model.get("scan_layers", False))
+    accumulated = bool(what == "train" and getattr(task, "accumulation", 1) > 1)
+    if scanned:  # the loop body counts once: extrapolate unrolled 1- and 2-layer copies
+        c1, c2 = (_unrolled_costs(_with_layers(config, n), mesh, what) for n in (1, 2))
+        L = int(config.model.num_layers)
+        return ({k: c1[k] + (L - 1) * (c2[k] - c1[k]) for k in c1},
+                "unrolled 1- and 2-layer compiles extrapolated linearly to "
+                f"{L} layers (the scanned loop body counts once)")
+    if accumulated:
+        return (_unrolled_costs(config, mesh, what),
+                "a copy with the microbatch loop unrolled (the loop body counts once)")
+    return _costs(compiled), "compiled program"
+
+
+# The chip whose cost model calibrates a roofline where a chip's own model gives no answer
+# (v5e under libtpu 0.0.42 and 0.0.52: optimal_seconds < 0 for every program tried).
+_REFERENCE_GENERATION = "v5p"
+
+
+def _calibration(config, tpu: Slice, num_slices: int, what: str) -> dict | None:
+    """The same step compiled for a v5p slice of as many chips: its cost model's estimate
+    against its own roofline. The program per chip is the same (same mesh shape and per-chip
+    batch), so the ratio says how far from its roofline this step runs on a TPU; the target
+    chip's roofline divided by it is the estimate. None where no such slice or estimate exists."""
+    cores = 2 if parse_slice(f"{_REFERENCE_GENERATION}-8").megacore else 1
+    try:
+        ref = parse_slice(f"{_REFERENCE_GENERATION}-{tpu.chips * cores}")
+    except ConfigError:
+        return None
+    if ref.generation == tpu.generation:
+        return None
+    devices = slice_devices(ref, num_slices)
+    mesh = slice_mesh(config, devices, num_slices)
+    task = _task(config)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_AXIS_RULES):
+        compiled, _, _ = _compile(*_program(task, config, mesh, what))
+        if compiled is None:
+            return None
+        costs, _ = _program_costs(config, mesh, what, task, compiled)
+    if costs["optimal_seconds"] <= 0:
+        return None
+    roofline = _roofline(costs, ref)
+    return {"topology": ref.name, "cost_model_seconds": costs["optimal_seconds"],
+            "roofline_seconds": roofline,
+            "roofline_over_cost_model": roofline / costs["optimal_seconds"]}
 
 
 def _report(task, config, tpu, mesh, devices, what, num_slices, seconds, compiled, oom):
@@ -329,12 +384,12 @@ def _report(task, config, tpu, mesh, devices, what, num_slices, seconds, compile
     return out
 
 
-def _figures(task, config, tpu, mesh, what, compiled, costs) -> dict:
+def _figures(task, config, tpu, mesh, what, compiled, costs, calibration=None) -> dict:
     mem = _memory(compiled)
     n = mesh.devices.size
     text = compiled.as_text()
     kernels = mosaic_kernel_calls(text)
-    step, method = _step_estimate(costs, tpu)
+    step, method = _step_estimate(costs, tpu, calibration)
     kernel_seconds = 0.0
     if kernels and config.task == "lm" and config.model.get("attention") == "splash" \
             and what == "train":

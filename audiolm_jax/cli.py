@@ -43,8 +43,10 @@ flags.DEFINE_boolean("keep_semantic", False,
 flags.DEFINE_string("input_stream", None,
                     "generate (duplex LM): the user's audio, fed frame by frame as stream 1.")
 flags.DEFINE_integer("num", 64, "make-corpus: number of files to write.")
-flags.DEFINE_enum("kind", "speech", ["speech", "dialogue"],
-                  "make-corpus: mono utterances or stereo two-speaker dialogues.")
+flags.DEFINE_enum("kind", "speech", ["speech", "dialogue", "aligned_dialogue"],
+                  "make-corpus: mono utterances, stereo two-speaker dialogues, or stereo "
+                  "dialogues in a made-up lexicon with moshi-finetune alignment JSONs and a "
+                  "text tokenizer (Moshi's data).")
 flags.DEFINE_integer("corpus_seed", 0, "make-corpus: corpus seed (same seed, same files).")
 flags.DEFINE_string("weights", None, "import-mimi: released Mimi weights (.safetensors).")
 flags.DEFINE_integer("num_codebooks", 8, "import-mimi: codebooks to keep (1 semantic + N-1 acoustic).")
@@ -236,12 +238,20 @@ def cmd_make_corpus(argv):
         raise UsageError(f"--num must be positive, got {FLAGS.num}")
     if FLAGS.seconds <= 0:
         raise UsageError(f"--seconds must be positive, got {FLAGS.seconds}")
-    write = write_synthetic_dialogues if FLAGS.kind == "dialogue" else write_synthetic_wavs
-    paths = write(out, FLAGS.num, sample_rate=FLAGS.sample_rate, seed=FLAGS.corpus_seed,
-                  seconds=FLAGS.seconds)
+    if FLAGS.kind == "aligned_dialogue":
+        from audiolm_jax.data.lexicon import write_aligned_dialogues, write_lexicon_tokenizer
+
+        paths = write_aligned_dialogues(out, FLAGS.num, sample_rate=FLAGS.sample_rate,
+                                        seed=FLAGS.corpus_seed, seconds=FLAGS.seconds)
+        extra = {"text_tokenizer": write_lexicon_tokenizer(out)}
+    else:
+        write = write_synthetic_dialogues if FLAGS.kind == "dialogue" else write_synthetic_wavs
+        paths = write(out, FLAGS.num, sample_rate=FLAGS.sample_rate, seed=FLAGS.corpus_seed,
+                      seconds=FLAGS.seconds)
+        extra = {}
     print(json.dumps({"out": out, "files": len(paths), "kind": FLAGS.kind,
-                      "channels": 2 if FLAGS.kind == "dialogue" else 1,
-                      "sample_rate": FLAGS.sample_rate, "seconds": FLAGS.seconds}))
+                      "channels": 1 if FLAGS.kind == "speech" else 2,
+                      "sample_rate": FLAGS.sample_rate, "seconds": FLAGS.seconds, **extra}))
 
 
 def cmd_eval_codec(argv):

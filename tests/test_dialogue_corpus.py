@@ -224,3 +224,29 @@ def test_tokenizer_covers_the_lexicon(tmp_path, items):
         stream = text_stream(words, math.ceil(8.0 * FRAME_RATE), tok)
         said = [w[0] for w in item["alignments"] if w[2] == MAIN_SPEAKER]
         assert tok.decode([int(i) for i in stream if i >= 4]).split() == said
+
+
+def test_make_corpus_files_tokenize_with_their_text_stream(tmp_path):
+    """`make-corpus --kind=aligned_dialogue`'s files (WAV + alignment JSON + the lexicon's
+    tokenizer) tokenize with the text stream: the model's words come back from it in order."""
+    from audiolm_jax.data.lexicon import write_aligned_dialogues, write_lexicon_tokenizer
+    from audiolm_jax.lm import tokens as tk
+    from audiolm_jax.text import TextTokenizer
+
+    folder = tmp_path / "corpus"
+    paths = write_aligned_dialogues(folder, 2, sample_rate=8000, seconds=4.0, seed=3)
+    spm = write_lexicon_tokenizer(folder)
+    assert open(spm, "rb").read() == open(write_lexicon_tokenizer(tmp_path / "again"), "rb").read()
+    out = str(tmp_path / "tok")
+    tk.tokenize_corpus(paths, out, tokenizer="mulaw", sample_rate=8000, stereo_streams=True,
+                       text_tokenizer=spm)
+    td = tk.load_token_dir(out)
+    tok = TextTokenizer.load(spm)
+    shard = td.shards[0]
+    bounds = list(shard.starts) + [td.shard_frames[0]]
+    for k, path in enumerate(paths):
+        words = [w for w, _, speaker in json.load(open(path[:-4] + ".json"))["alignments"]
+                 if speaker == "SPEAKER_MAIN"]
+        row = shard.text[bounds[k]:bounds[k + 1]]
+        ids = [int(i) for i in row if i > 3]
+        assert tok.decode(ids).split() == words

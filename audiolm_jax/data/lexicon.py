@@ -15,15 +15,15 @@ synthesiser's tables, and the spelling *is* the syllable sequence:
 letters  sound                                    synthesiser entry
 =======  =======================================  ==================
 (none)   vowel onset                              no consonant
-``s``    s-like fricative (3.5-7.5 kHz noise)     ``_FRICATIVES[0]``
-``sh``   sh-like fricative (2-4.5 kHz noise)      ``_FRICATIVES[1]``
-``f``    f-like fricative (weak broadband noise)  ``_FRICATIVES[2]``
+``s``    s-like fricative (3.5-7.5 kHz noise)     ``FRICATIVES[0]``
+``sh``   sh-like fricative (2-4.5 kHz noise)      ``FRICATIVES[1]``
+``f``    f-like fricative (weak broadband noise)  ``FRICATIVES[2]``
 ``k``    plosive (closure, then a burst)          ``"plos"``
-``a``    /a/                                      ``_VOWELS[0]``
-``i``    /i/                                      ``_VOWELS[1]``
-``u``    /u/                                      ``_VOWELS[2]``
-``e``    /e/                                      ``_VOWELS[3]``
-``o``    /o/                                      ``_VOWELS[4]``
+``a``    /a/                                      ``VOWELS[0]``
+``i``    /i/                                      ``VOWELS[1]``
+``u``    /u/                                      ``VOWELS[2]``
+``e``    /e/                                      ``VOWELS[3]``
+``o``    /o/                                      ``VOWELS[4]``
 =======  =======================================  ==================
 
 Every syllable ends in exactly one vowel letter, so a spelling splits into syllables one way only
@@ -98,8 +98,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audiolm_jax.data.synthetic import (_FRICATIVES, _SPLIT_ALIASES, _SPLITS, _VOWELS, Voice,
-                                        _describe, get_voice, synthesize_utterance)
+from audiolm_jax.data.synthetic import (FRICATIVES, SPLIT_ALIASES, SPLITS, VOWELS, Voice,
+                                        describe_corpus, get_voice, synthesize_utterance)
 
 __all__ = [
     "LexWord",
@@ -130,7 +130,7 @@ _ONSETS: dict[str, tuple[str, int] | None] = {
     "": None, "s": ("fric", 0), "sh": ("fric", 1), "f": ("fric", 2), "k": ("plos", 0)}
 _VOWEL_LETTERS = {"a": 0, "i": 1, "u": 2, "e": 3, "o": 4}
 _SYLLABLE = re.compile(r"(sh|s|f|k)?([aiueo])")
-assert len(_FRICATIVES) == 3 and len(_VOWELS) >= 5  # the tables this spelling maps onto
+assert len(FRICATIVES) == 3 and len(VOWELS) >= 5  # the tables this spelling maps onto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +373,7 @@ class SyntheticAlignedDialogueCorpus:
     def __init__(self, sample_rate: int = 24000, num_dialogues: int = 256,
                  seconds: float = 10.0, seed: int = 0, num_voices: int = 8,
                  split: str = "train"):
-        if split not in _SPLIT_ALIASES:
+        if split not in SPLIT_ALIASES:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if num_dialogues <= 0:
             raise ValueError("num_dialogues must be positive")
@@ -387,7 +387,7 @@ class SyntheticAlignedDialogueCorpus:
         if self.num_samples <= 0:
             raise ValueError("seconds must be positive")
         self.seed, self.num_voices = int(seed), int(num_voices)
-        self.split = _SPLIT_ALIASES[split]
+        self.split = SPLIT_ALIASES[split]
         self.voices = tuple(get_voice(v, self.num_voices) for v in range(self.num_voices))
 
     def __len__(self) -> int:
@@ -407,7 +407,7 @@ class SyntheticAlignedDialogueCorpus:
             raise IndexError(f"index {index} out of range [0, {self.num_dialogues})")
         # A tag of its own, so this corpus never replays SyntheticDialogueCorpus's streams.
         rng = np.random.default_rng(
-            np.random.SeedSequence([self.seed, _SPLITS[self.split], index, 0xA11D1A]))
+            np.random.SeedSequence([self.seed, SPLITS[self.split], index, 0xA11D1A]))
         sr, n = self.sample_rate, self.num_samples
         duration = n / sr
         voices = self.voices_of(index)
@@ -459,7 +459,7 @@ class SyntheticAlignedDialogueCorpus:
                 "alignments": alignments, "index": index}
 
     def __repr__(self) -> str:
-        return _describe(self, num_dialogues=self.num_dialogues,
+        return describe_corpus(self, num_dialogues=self.num_dialogues,
                          seconds=self.num_samples / self.sample_rate)
 
 
@@ -504,3 +504,18 @@ def write_aligned_dialogues(folder: str | os.PathLike, n: int, sample_rate: int 
                            {"alignments": item["alignments"]})
         paths.append(path)
     return paths
+
+
+TOKENIZER_FILE = "text_tokenizer.model"
+
+
+def write_lexicon_tokenizer(folder: str | os.PathLike, vocab_size: int = 64) -> str:
+    """Trains the SentencePiece text tokenizer of this corpus (every lexicon word, ids 0-3
+    Moshi's specials) into ``folder/text_tokenizer.model``; returns its path. Deterministic:
+    the same file every time."""
+    from audiolm_jax.text.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
+
+    path = os.path.join(os.fspath(folder), TOKENIZER_FILE)
+    os.makedirs(os.fspath(folder), exist_ok=True)
+    train_tokenizer(lexicon_words() * 4, path, vocab_size=vocab_size)
+    return path

@@ -52,8 +52,8 @@ __all__ = [
         "write_synthetic_dialogues",
 ]
 
-_SPLITS = {"train": 0, "eval": 1}
-_SPLIT_ALIASES = {
+SPLITS = {"train": 0, "eval": 1}
+SPLIT_ALIASES = {
         "train": "train",
         "eval": "eval",
         "held_out": "eval",
@@ -87,7 +87,7 @@ VOICES: tuple[Voice, ...] = (
 )
 
 # Vowel formant targets F1..F4 in Hz (adult male, Peterson & Barney-like).
-_VOWELS = np.array(
+VOWELS = np.array(
         [
                 [730, 1090, 2440, 3400],  # /a/
                 [270, 2290, 3010, 3600],  # /i/
@@ -105,7 +105,7 @@ _VOWELS = np.array(
 _BANDWIDTHS = np.array([80.0, 100.0, 150.0, 220.0])
 
 # Fricative noise bands (lo, hi) in Hz and relative level.
-_FRICATIVES = (
+FRICATIVES = (
         (3500.0, 7500.0, 0.10),  # s-like
         (2000.0, 4500.0, 0.14),  # sh-like
         (1000.0, 7000.0, 0.05),  # f-like (weak, broadband)
@@ -132,7 +132,7 @@ def get_voice(voice_id: int, num_voices: int = len(VOICES)) -> Voice:
 
 @functools.lru_cache(maxsize=64)
 def _fricative_sos(kind: int, sample_rate: int) -> np.ndarray:
-    lo, hi, _ = _FRICATIVES[kind]
+    lo, hi, _ = FRICATIVES[kind]
     nyq = sample_rate / 2.0
     hi = min(hi, 0.9 * nyq)
     lo = min(lo, 0.6 * hi)
@@ -168,7 +168,7 @@ def _plan_utterance(rng: np.random.Generator, duration: float):
             r = rng.random()
             if r < 0.35:  # fricative onset
                 cdur = min(rng.uniform(0.04, 0.10), 0.45 * dur)
-                cons = ("fric", t, cdur, int(rng.integers(len(_FRICATIVES))))
+                cons = ("fric", t, cdur, int(rng.integers(len(FRICATIVES))))
                 vstart = t + cdur * 0.8  # slight overlap into the vowel
             elif r < 0.6:  # plosive: closure (silence) + burst
                 closure = rng.uniform(0.02, 0.05)
@@ -178,7 +178,7 @@ def _plan_utterance(rng: np.random.Generator, duration: float):
             word.append(dict(
                     vstart=vstart,
                     vend=t + dur,
-                    vowel=int(rng.integers(len(_VOWELS))),
+                    vowel=int(rng.integers(len(VOWELS))),
                     accent=bool(rng.random() < 0.3),
                     slope=float(rng.normal(0.0, 0.04)),
                     level=float(rng.uniform(0.6, 1.0)),
@@ -199,7 +199,7 @@ def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: in
     """Synthesise one speech-like utterance as float32 in [-1, 1].
 
     ``plan`` is the syllable timeline to speak, in the format ``_plan_utterance`` returns: a list
-    of dicts with ``vstart``/``vend`` (vowel nucleus, seconds), ``vowel`` (row of ``_VOWELS``),
+    of dicts with ``vstart``/``vend`` (vowel nucleus, seconds), ``vowel`` (row of ``VOWELS``),
     ``accent`` (bool), ``slope``, ``level`` and ``cons`` (None, ``("fric", start, dur, band)`` or
     ``("plos", burst_start, burst_dur, 0)``), in time order. None (the default) draws a random
     babble plan from ``rng`` first, exactly as before the argument existed, so the same ``rng``
@@ -239,12 +239,12 @@ def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: in
     scale = voice.formant_scale * rng.uniform(0.97, 1.03)
     if sylls:
         centers = np.array([0.5 * (s["vstart"] + s["vend"]) for s in sylls])
-        targets = _VOWELS[[s["vowel"] for s in sylls]] * rng.uniform(
+        targets = VOWELS[[s["vowel"] for s in sylls]] * rng.uniform(
                 0.95, 1.05, (len(sylls), 4))
         formants = np.stack(
                 [np.interp(frame_t, centers, targets[:, j]) for j in range(4)], -1)
     else:
-        formants = np.broadcast_to(_VOWELS[0], (num_frames, 4)).copy()
+        formants = np.broadcast_to(VOWELS[0], (num_frames, 4)).copy()
     formants *= scale
     formants = np.minimum(formants, 0.45 * sr)
     bws = _BANDWIDTHS * (0.9 + 0.2 * voice.breathiness / 0.25)
@@ -311,7 +311,7 @@ def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: in
         noise = rng.standard_normal(n)
         if kind == "fric":
             noise = scipy.signal.sosfilt(_fricative_sos(fidx, sample_rate), noise)
-            level = _FRICATIVES[fidx][2] * rng.uniform(0.7, 1.3)
+            level = FRICATIVES[fidx][2] * rng.uniform(0.7, 1.3)
             shape = _raised_cosine_env(n, n // 3, n // 3)
         else:
             level = rng.uniform(0.08, 0.2)
@@ -324,7 +324,7 @@ def synthesize_utterance(rng: np.random.Generator, voice: Voice, num_samples: in
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-def _describe(corpus: Any, **sizes: Any) -> str:
+def describe_corpus(corpus: Any, **sizes: Any) -> str:
     """A corpus's repr: its class, its sizes, then the settings every corpus has."""
     settings = dict(sample_rate=corpus.sample_rate, **sizes, seed=corpus.seed,
                     num_voices=corpus.num_voices, split=corpus.split)
@@ -353,7 +353,7 @@ class SyntheticSpeechCorpus:
     def __init__(self, sample_rate: int = 16000, num_utterances: int = 512,
                  utterance_seconds: float = 4.0, seed: int = 0,
                  num_voices: int = 8, split: str = "train", cache_bytes: int = 1 << 30):
-        if split not in _SPLIT_ALIASES:
+        if split not in SPLIT_ALIASES:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if num_utterances <= 0:
             raise ValueError("num_utterances must be positive")
@@ -369,7 +369,7 @@ class SyntheticSpeechCorpus:
             raise ValueError("utterance_seconds must be positive")
         self.seed = int(seed)
         self.num_voices = int(num_voices)
-        self.split = _SPLIT_ALIASES[split]
+        self.split = SPLIT_ALIASES[split]
         self.voices = tuple(get_voice(v, self.num_voices)
                 for v in range(self.num_voices))
         self.cache_bytes = int(cache_bytes)
@@ -397,7 +397,7 @@ class SyntheticSpeechCorpus:
         audio = self._cache.get(index)
         if audio is None:
             rng = np.random.default_rng(
-                np.random.SeedSequence([self.seed, _SPLITS[self.split], index, 0x5EEC4]))
+                np.random.SeedSequence([self.seed, SPLITS[self.split], index, 0x5EEC4]))
             audio = synthesize_utterance(rng, self.voices[voice], self.num_samples,
                                          self.sample_rate)
             if self._cached_bytes + audio.nbytes <= self.cache_bytes:
@@ -407,7 +407,7 @@ class SyntheticSpeechCorpus:
         return {"audio": audio, "voice": voice, "index": index}
 
     def __repr__(self) -> str:
-        return _describe(self, num_utterances=self.num_utterances,
+        return describe_corpus(self, num_utterances=self.num_utterances,
                          utterance_seconds=self.utterance_seconds)
 
 
@@ -442,7 +442,7 @@ class SyntheticDialogueCorpus:
     def __init__(self, sample_rate: int = 16000, num_dialogues: int = 128,
                  seconds: float = 8.0, seed: int = 0, num_voices: int = 8,
                  split: str = "train"):
-        if split not in _SPLIT_ALIASES:
+        if split not in SPLIT_ALIASES:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if num_dialogues <= 0:
             raise ValueError("num_dialogues must be positive")
@@ -456,7 +456,7 @@ class SyntheticDialogueCorpus:
         if self.num_samples <= 0:
             raise ValueError("seconds must be positive")
         self.seed, self.num_voices = int(seed), int(num_voices)
-        self.split = _SPLIT_ALIASES[split]
+        self.split = SPLIT_ALIASES[split]
         self.voices = tuple(get_voice(v, self.num_voices) for v in range(self.num_voices))
 
     def __len__(self) -> int:
@@ -474,7 +474,7 @@ class SyntheticDialogueCorpus:
         if not 0 <= index < self.num_dialogues:
             raise IndexError(f"index {index} out of range [0, {self.num_dialogues})")
         rng = np.random.default_rng(
-            np.random.SeedSequence([self.seed, _SPLITS[self.split], index, 0xD1A10]))
+            np.random.SeedSequence([self.seed, SPLITS[self.split], index, 0xD1A10]))
         sr, n = self.sample_rate, self.num_samples
         voices = self.voices_of(index)
         out = np.zeros((2, n), np.float32)
@@ -504,7 +504,7 @@ class SyntheticDialogueCorpus:
                 "index": index}
 
     def __repr__(self) -> str:
-        return _describe(self, num_dialogues=self.num_dialogues,
+        return describe_corpus(self, num_dialogues=self.num_dialogues,
                          seconds=self.num_samples / self.sample_rate)
 
 

@@ -128,11 +128,11 @@ def test_cli_prints_json_and_errors_in_one_line(tpu, tmp_path):
     small = ["--config.model.num_blocks=1", "--config.model.res_blocks=1",
              "--config.model.channels=8",
              "--config.loss.spectral_weight=0.0", "--config.quantizer.num_levels=1"]
-    ok = subprocess.run(base + ["--topology=v5p-8"] + small, capture_output=True, text=True,
+    ok = subprocess.run(base + ["--topology=v5e-4"] + small, capture_output=True, text=True,
                         env=env, cwd=root, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     r = json.loads(ok.stdout)
-    assert r["topology"] == "v5p-8" and r["fits"] and r["audio_seconds_per_second_per_device"] > 0
+    assert r["topology"] == "v5e-4" and r["fits"] and r["audio_seconds_per_second_per_device"] > 0
     bad = subprocess.run(base + ["--topology=v5p-7"], capture_output=True, text=True, env=env,
                          cwd=root, timeout=600)
     assert bad.returncode == 2

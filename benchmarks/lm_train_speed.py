@@ -3,6 +3,7 @@
     python benchmarks/lm_train_speed.py [--layers 6 --width 384 --heads 6 --vocab 2048]
         [--batch 8 --seq 512 --steps 10 --platform cpu|gpu|tpu --dtype float32|bfloat16]
         [--peak_tflops X] [--xla_flags "..."] [--no_torch] [--no_hugepages]
+        [--attention blocked|xla|dot_product|splash] [--remat none|full|minimal|...]
 
 Both sides: random tokens, next-token cross-entropy, AdamW (lr 3e-4, wd 0.1), same batch and
 sequence length; learned positions, pre-norm blocks, tanh-GELU MLP (4x), tied embeddings,
@@ -75,6 +76,12 @@ def parse_args(argv=None):
                         "applies to the whole process, so to both sides")
     p.add_argument("--attention_block", type=int, default=128,
                    help="our causal attention's query block (0: one full T x T block)")
+    p.add_argument("--attention", default="blocked",
+                   help="our attention kernel (layers/attention.py): blocked, xla, dot_product "
+                        "(jax.nn.dot_product_attention: cuDNN's fused attention on a GPU when "
+                        "it applies; 'cudnn_attention' in the output says whether it did) or "
+                        "splash (TPU)")
+    p.add_argument("--remat", default="none", help="our remat policy (layers/transformer.py)")
     return p.parse_args(argv)
 
 
@@ -95,7 +102,8 @@ def prepare_ours(args):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     cfg = LMConfig(vocab_size=args.vocab, num_layers=args.layers, num_heads=args.heads,
                             width=args.width, context=args.seq, dtype=dtype,
-                            attention_block=args.attention_block)
+                            attention_block=args.attention_block, attention=args.attention,
+                            remat=args.remat)
     model = Transformer(cfg)
     device = jax.devices()[0]
     params = nn.meta.unbox(jax.jit(lambda k: init_params(model, k))(jax.random.PRNGKey(0)))
@@ -116,12 +124,14 @@ def prepare_ours(args):
 
     # The compiler options the library's LM train step uses (CPU matmul kernels).
     options = compiler_options("lm_train")
-    train_step = jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
     # seq + 1 tokens per row: seq inputs, seq targets.
     tokens = jax.device_put(jnp.asarray(np.random.default_rng(0).integers(
         0, args.vocab, (args.batch, args.seq + 1), dtype=np.int32)), device)
 
     t0 = time.perf_counter()
+    train_step = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
+        params, opt_state, tokens).compile()
+    hlo = train_step.as_text()
     params, opt_state, loss = train_step(params, opt_state, tokens)
     jax.block_until_ready(loss)
     compile_s = time.perf_counter() - t0
@@ -145,8 +155,20 @@ def prepare_ours(args):
         "jax_version": jax.__version__,
         "compile_plus_first_step_s": round(compile_s, 3),
         "compiler_options": options,
+        "attention": args.attention,
+        "remat": args.remat,
+        # XLA's cuDNN fused attention appears as custom calls named __cudnn$fmha...
+        "cudnn_attention": "__cudnn$fmha" in hlo,
+        "peak_memory_gib": _peak_memory_gib(device),
     }
     return one_step, info, lambda: float(state["loss"])
+
+
+def _peak_memory_gib(device):
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return round(stats["peak_bytes_in_use"] / 2 ** 30, 3)
 
 
 # ----------------------------------------------------------------------------- torch peer
@@ -335,6 +357,9 @@ def main(argv=None):
     fpt = info["flops_per_token"]
     achieved = fpt * ours["tokens_per_s"]
     peak = peak_for(info["device_kind"], args.dtype, args.peak_tflops)
+    # MaxText's convention (the TPU figures of docs/benchmarks.md): causal attention counts
+    # half of the full T x T scores, 6 L T W per token instead of 12 L T W.
+    fpt_causal = fpt - 6 * args.layers * args.seq * args.width
     result = {
         "config": {"layers": args.layers, "width": args.width, "heads": args.heads,
                    "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
@@ -349,6 +374,12 @@ def main(argv=None):
         "achieved_tflops": round(achieved / 1e12, 4),
         "peak_tflops": peak,
         "mfu": None if peak is None else round(achieved / (peak * 1e12), 5),
+        "mfu_maxtext_convention": (None if peak is None else round(
+            fpt_causal * ours["tokens_per_s"] / (peak * 1e12), 5)),
+        "attention": info["attention"],
+        "remat": info["remat"],
+        "cudnn_attention": info["cudnn_attention"],
+        "peak_memory_gib": info["peak_memory_gib"],
         "device": info["device"],
         "host": f"{_platform.machine()} {os.cpu_count()} cpus",
         "jax_version": info["jax_version"],

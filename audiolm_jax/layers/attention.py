@@ -8,9 +8,10 @@ transformer config's ``attention``:
   (``0 .. (i+1) * block - 1``, and with a ``window`` only the last ``window`` of those), so
   the masked upper triangle is never computed and memory grows with ``T * (block + window)``
   instead of ``T ** 2``. Equal to ``"xla"`` up to float rounding.
-* ``"dot_product"``: :func:`jax.nn.dot_product_attention` (XLA's fused attention; cuDNN's
-  flash attention on a GPU when the shapes and dtypes allow it). No attention-probability
-  dropout.
+* ``"dot_product"``: :func:`jax.nn.dot_product_attention`: on a GPU with 16-bit q/k/v, cuDNN's
+  fused (flash) attention, which never holds the ``[T, T]`` probabilities; elsewhere XLA's
+  (JAX's ``implementation=None`` means XLA, so the GPU choice is made here, when the program
+  is traced for the default backend). No attention-probability dropout.
 * ``"splash"``: the Pallas splash-attention kernel on a TPU
   (:mod:`audiolm_jax.layers.tpu_attention`): flash attention that skips every block the
   causal (or window) mask hides, run per device inside a ``shard_map`` under a mesh (batch
@@ -98,10 +99,17 @@ def causal_attention(q, k, v, *, window: int = 0, kind: str = "blocked", block: 
 
 
 def _dot_product(q, k, v, window: int):
-    # cuDNN only takes 16-bit inputs; None lets JAX pick it where it applies, else XLA.
     return jax.nn.dot_product_attention(
         q, k, v, is_causal=True, local_window_size=(window - 1, 0) if window else None,
-        implementation=None)
+        implementation="cudnn" if _cudnn_applies(q) else "xla")
+
+
+def _cudnn_applies(q) -> bool:
+    """cuDNN's fused attention: a GPU backend, 16-bit inputs, head_dim a multiple of 8 up to
+    128. Tracing it needs cuDNN, so it is never chosen off a GPU."""
+    D = q.shape[-1]
+    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+            and D % 8 == 0 and D <= 128)
 
 
 def _blocked(q, k, v, window: int, block: int, probs_fn):

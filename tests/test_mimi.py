@@ -86,13 +86,59 @@ def test_codes_and_audio_match_transformers(reference, ours, length):
 
 def test_workdir_works_with_load_codec(reference, ours):
     """The imported workdir is a regular codec workdir: LoadedCodec (which pads to a length
-    bucket) gives the reference's codes for whole frames, and reconstruct round-trips."""
+    bucket) gives the reference's codes, and reconstruct round-trips."""
     codec, _, _ = ours
     assert codec.step == 0 and codec.num_levels == LEVELS and codec.hop_length == HOP
     audio = _audio(HOP * 9, seed=3)[0]
     want = reference_codes(reference["model"], audio[None], LEVELS)[0]
     np.testing.assert_array_equal(codec.encode(audio), want)
     assert codec.reconstruct(audio).shape == audio.shape
+
+
+# Awkward lengths (SMALL: 32-sample SEANet steps, 64-sample frames, 63-frame buckets): one
+# sample, one sample past a frame, a frame minus one, odd numbers of SEANet steps (a half
+# frame, so the replicate-padded downsampling conv pads) with and without a partial step, and
+# both sides of a bucket boundary.
+AWKWARD = [1, 9 * HOP + 1, 10 * HOP - 1, 5 * 32, 7 * 32 + 9, BUCKET - 1, BUCKET + 1,
+           BUCKET + 32 + 3]
+
+
+def test_loaded_codec_codes_match_transformers_on_every_frame(reference, ours):
+    """``LoadedCodec.encode`` (what ``audiolm-jax encode`` and ``tokenize`` use) pads to a
+    length bucket yet gives the reference's codes on every frame, the trailing partial one
+    included: each strided conv sees past its input's valid length the padding the
+    reference's conv adds there, not activations of the bucket's zeros."""
+    codec, _, _ = ours
+    for length in AWKWARD:
+        audio = _audio(length, seed=length)[0]
+        want = reference_codes(reference["model"], audio[None], LEVELS)[0]
+        got = codec.encode(audio)
+        assert got.shape == want.shape == (LEVELS, -(-length // HOP)), length
+        np.testing.assert_array_equal(got, want, err_msg=f"{length} samples")
+    # Decoding the codes of a partial frame still gives the reference's audio.
+    want_audio = reference_audio(reference["model"], want[None])[0]
+    got_audio = codec.decode(want)
+    assert got_audio.shape == want_audio.shape
+    np.testing.assert_allclose(got_audio, want_audio, atol=2e-5 * np.abs(want_audio).max())
+
+
+def test_chunked_long_file_codes_match_transformers(reference, ours):
+    """The long-file path (the streaming encoder over chunks; here of 4 frames, the SMALL
+    transformer's context) gives the reference's codes on every frame too, the last chunk's
+    partial frame included."""
+    from audiolm_jax.codec.inference import LoadedCodec
+
+    codec, _, _ = ours
+    chunked = LoadedCodec(codec.config, codec.params, codec.vq_stats, codec.step,
+                          chunk_seconds=5 * HOP / codec.sample_rate)
+    assert chunked.chunk_frames == 5 and chunked._streaming_step() == 4
+    for length in (9 * HOP + 1, 13 * HOP - 1, 11 * HOP + 32, 12 * HOP + 37):
+        audio = _audio(length, seed=length)[0]
+        want = reference_codes(reference["model"], audio[None], LEVELS)[0]
+        got = chunked.encode(audio)
+        assert got.shape == want.shape == (LEVELS, -(-length // HOP)), length
+        np.testing.assert_array_equal(got, want, err_msg=f"{length} samples")
+    assert chunked._streamer is not None  # the streaming path ran
 
 
 def test_kyutai_layout_imports_to_the_same_codes(reference, ours, tmp_path):

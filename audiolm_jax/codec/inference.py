@@ -19,8 +19,21 @@ from audiolm_jax.data.audio_io import AudioDecodeError, load_audio
 from audiolm_jax.quantization import STATS, quantizer_config
 
 
+def _encode_valid(codec, audio, length):
+    """``Codec`` method for a kind whose encoder pads a partial frame itself (Mimi): codes of
+    ``audio [B, T]`` zero-padded past its ``length`` valid samples, equal to those of the
+    unpadded audio on every frame (see ``MimiEncoder``)."""
+    return codec.quantizer.encode(codec.encoder(audio, length=length))
+
+
 class LoadedCodec:
     """Inference on one device. Lengths are padded to a bucket so few shapes compile.
+
+    The bucket padding changes no output: a kind whose encoder pads a partial frame itself
+    (``pads_partial_frames``: Mimi, whose reference pads inside each conv) is given the true
+    length, and each of its strided convs sees, past its own input's valid length, what the
+    reference's conv pads with, so a trailing partial frame gets the reference's codes; the
+    other kinds pad their input to whole frames with zeros anyway, as the bucket does.
 
     A file longer than ``chunk_seconds`` is encoded chunk by chunk, so memory stays bounded
     whatever its length (an hour of audio in one call would need gigabytes of activations),
@@ -52,6 +65,11 @@ class LoadedCodec:
         encode = jax.jit(lambda v, a: self.model.apply(v, a, method="encode"))
         decode = jax.jit(lambda v, c: self.model.apply(v, c, method="decode"))
         self._encode = lambda a: encode(self.variables, a)
+        if self.kind.pads_partial_frames:
+            # The valid length is an argument: one compilation per bucket, whatever it is.
+            encode_valid = jax.jit(lambda v, a, n: self.model.apply(v, a, n,
+                                                                    method=_encode_valid))
+            self._encode_valid = lambda a, n: encode_valid(self.variables, a, np.int32(n))
         self._decode = lambda c: decode(self.variables, c)
         self.chunk_frames = max(1, round(chunk_seconds * self.frame_rate))
         self._margins: dict[bool, tuple[int, int]] = {}  # decoder? -> (before, after)
@@ -65,8 +83,8 @@ class LoadedCodec:
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """[T] float -> int32 codes [levels, frames], frames = ceil(T / hop).
 
-        The input is zero-padded to a length bucket; for Mimi that means a last partial frame
-        can differ from the reference's (which pads inside each conv); whole frames are equal.
+        The input is zero-padded to a length bucket, which changes no code (for Mimi, a last
+        partial frame included: see the class docstring).
         """
         audio = np.asarray(audio, np.float32)
         frames = math.ceil(len(audio) / self.hop_length)
@@ -78,7 +96,12 @@ class LoadedCodec:
             before, after = self.receptive_field_frames()
             if total > self.chunk_frames + before + after:
                 return self._encode_windows(audio, frames, total, before, after)
-        codes = np.asarray(self._encode(self._frames_of(audio, 0, total)))[0, :frames]
+        padded = self._frames_of(audio, 0, total)
+        if self.kind.pads_partial_frames:
+            codes = self._encode_valid(padded, len(audio))
+        else:
+            codes = self._encode(padded)
+        codes = np.asarray(codes)[0, :frames]
         return codes.T.astype(np.int32)
 
     def _frames_of(self, audio: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -165,14 +188,16 @@ class LoadedCodec:
 
     def _encode_streaming(self, audio: np.ndarray, frames: int) -> np.ndarray:
         """Mimi: the streaming encoder over chunks of whole frames (no longer than its
-        transformer's context), state carried between them; the last chunk is zero-padded,
-        as the whole-file call pads its last bucket."""
+        transformer's context), state carried between them; the last chunk is zero-padded
+        and given its valid length, as the whole-file call is, so a partial last frame gets
+        the reference's codes here too."""
         step = self._streaming_step()
         state = self._mimi_streamer().init_encoder_state()
         out = []
         for start in range(0, frames, step):
+            valid = min(len(audio) - start * self.hop_length, step * self.hop_length)
             state, codes = self._mimi_streamer().encode_step(
-                state, self._frames_of(audio, start, start + step))
+                state, self._frames_of(audio, start, start + step), np.int32(valid))
             out.append(np.asarray(codes)[0])
         return np.concatenate(out)[:frames].T.astype(np.int32)
 

@@ -29,7 +29,7 @@ in the ``streaming`` collection; chunk by chunk equals the offline network on th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -129,11 +129,49 @@ class _SEANetBase(nn.Module):
                                  activation=self.activation, name=name)
 
 
+def fill_past(x: Array, length: Any, mode: str = "constant") -> Array:
+    """``x [B, T, C]`` with the steps at and past ``length`` (an int or traced int, scalar or
+    per batch row ``[B]``) replaced by what a conv whose input ends at ``length`` pads its
+    right side with (``mode``): zeros ('constant'), the last valid step ('replicate'), or its
+    mirror image ('reflect', exact when ``length`` exceeds the padding, as any real input's
+    does). Steps before ``length`` are unchanged.
+
+    Lets a network run on an input padded to a longer length bucket and still give, at every
+    valid step, what it gives on the unpadded input when each conv pads from its own input
+    length (transformers' / Kyutai's Mimi): the steps past the valid length hold activations
+    of the padding (biases, nonlinearities), not the padding a conv of the true length adds.
+    """
+    steps = x.shape[1]
+    length = jnp.asarray(length, jnp.int32).reshape(-1, 1, 1)  # [B or 1, 1, 1]
+    t = jnp.arange(steps, dtype=jnp.int32)[None, :, None]
+    if mode == "constant":
+        fill = jnp.zeros((), x.dtype)
+    elif mode == "replicate":
+        last = jnp.broadcast_to(jnp.clip(length - 1, 0, steps - 1), (x.shape[0], 1, x.shape[2]))
+        fill = jnp.take_along_axis(x, last, axis=1)
+    elif mode == "reflect":
+        src = jnp.clip(2 * (length - 1) - t, 0, steps - 1)
+        fill = jnp.take_along_axis(x, jnp.broadcast_to(src, x.shape), axis=1)
+    else:
+        raise ValueError(f"unknown pad mode {mode!r}")
+    return jnp.where(t < length, x, fill)
+
+
 class SEANetEncoder(_SEANetBase):
-    """``[B, T]`` (or ``[B, T, channels]``) → ``[B, frames, dimension]``."""
+    """``[B, T]`` (or ``[B, T, channels]``) → ``[B, frames, dimension]``.
+
+    ``length`` (causal encoders only; an int or traced int, scalar or ``[B]``): the input's
+    valid length when it has been padded past it (to a length bucket). Every strided conv's
+    input is then filled past its own valid length as that conv pads (:func:`fill_past`), so
+    the outputs up to ``ceil(length / hop)`` equal those of the unpadded input, a last
+    partial frame included. (Causal stride-1 convs add no right padding and read nothing
+    ahead, so they need no filling.)
+    """
 
     @nn.compact
-    def __call__(self, audio: Array, streaming: bool = False) -> Array:
+    def __call__(self, audio: Array, streaming: bool = False, length: Any = None) -> Array:
+        if length is not None and not self.causal:
+            raise ValueError("a valid length is only supported for causal encoders")
         act = _activation(self.activation)
         x = audio[..., None] if audio.ndim == 2 else audio
         mult = 1
@@ -143,6 +181,9 @@ class SEANetEncoder(_SEANetBase):
             for j in range(self.n_residual_layers):
                 x = self._res(mult * self.n_filters, j, name=f"block_{i}_res_{j}")(x, streaming)
             x = act(x)
+            if length is not None:  # as the conv pads its input of ``length`` steps
+                x = fill_past(x, length, self.pad_mode)
+                length = -(-length // ratio)
             x = self._conv(mult * self.n_filters * 2, 2 * ratio, stride=ratio,
                            name=f"block_{i}_down")(x, streaming)
             mult *= 2

@@ -11,7 +11,9 @@ decoder -> audio ``[B, frames * hop]``.
 
 Unlike the other codecs, lengths that are not a whole number of frames are not zero-padded at
 the input: every causal conv adds its own right padding (as transformers' and Kyutai's Mimi
-do), so codes of such inputs equal the reference's.
+do), so codes of such inputs equal the reference's. An input padded further (to a length
+bucket, ``LoadedCodec``) passes its valid ``length``: each strided conv's input is then
+filled past its own valid length as that conv would pad it, so the codes are the same.
 
 Streaming is a mode of the same networks (``streaming=True``): the SEANet and the two
 learned resampling convs stream through their layers' buffers, the transformer through
@@ -22,13 +24,14 @@ drives them frame by frame.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 
 from audiolm_jax.codec.registry import codec_config
-from audiolm_jax.codec.seanet import SEANetDecoder, SEANetEncoder
+from audiolm_jax.codec.seanet import SEANetDecoder, SEANetEncoder, fill_past
 from audiolm_jax.layers.conv import Conv1d, ConvTranspose1d
 from audiolm_jax.layers.transformer import TransformerConfig, TransformerStack
 
@@ -82,14 +85,26 @@ class MimiEncoder(nn.Module):
     frame_downsample: int = 2
 
     @nn.compact
-    def __call__(self, audio: Array, streaming: bool = False) -> Array:
-        """audio [B, T] -> latents; streaming: the next whole number of frames of audio."""
-        x = SEANetEncoder(**self.seanet, name="seanet")(audio, streaming)
+    def __call__(self, audio: Array, streaming: bool = False, length: Any = None) -> Array:
+        """audio [B, T] -> latents; streaming: the next whole number of frames of audio.
+
+        ``length`` (an int or traced int, scalar or ``[B]``): the valid length of ``audio``
+        (of this chunk, when streaming) if it is zero-padded past it, e.g. to a length
+        bucket. Every strided conv then sees, past its own input's valid length, the padding
+        the reference's conv adds to an input of that length (zeros; the last valid step for
+        the replicate-padded downsampling conv), so latents ``0 .. ceil(length / hop) - 1``
+        (a last partial frame included) equal those of the unpadded audio. The transformer
+        and the stride-1 convs are causal: the padded steps cannot reach valid ones.
+        """
+        x = SEANetEncoder(**self.seanet, name="seanet")(audio, streaming, length)
         if self.transformer is not None:
             stack = TransformerStack(self.transformer, name="transformer")
             x = stack.stream(x) if streaming else stack(x)
         if self.frame_downsample > 1:
             s = self.frame_downsample
+            if length is not None:
+                seanet_hop = math.prod(int(r) for r in self.seanet["ratios"])
+                x = fill_past(x, -(-length // seanet_hop), "replicate")
             x = Conv1d(self.seanet["dimension"], 2 * s, stride=s, padding="causal",
                        pad_mode="replicate", use_bias=False, name="downsample")(x, streaming)
         return x

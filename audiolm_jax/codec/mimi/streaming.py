@@ -14,8 +14,9 @@ so ``encode_step`` / ``decode_step`` are pure ``(state, x) -> (state, y)`` funct
 step is one compiled call (``MimiStreamer`` jits them once).
 
 Equivalence with offline processing: codes equal ``Codec.encode`` of the whole signal exactly
-(when its length is a whole number of frames) and audio equals ``Codec.decode`` to float
-tolerance; ``tests/test_mimi_streaming.py`` checks both.
+(when its length is a whole number of frames, or when the last chunk, zero-padded to whole
+frames, is given its valid ``length``) and audio equals ``Codec.decode`` to float tolerance;
+``tests/test_mimi_streaming.py`` and ``tests/test_mimi.py`` check them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ from audiolm_jax.quantization import STATS
 Array = jax.Array
 
 
-def encode_stream(codec, audio: Array, num_levels: int | None = None) -> Array:
-    """``Codec`` method: the next ``audio [B, n * hop]`` -> codes ``[B, n, levels]``."""
-    return codec.quantizer.encode(codec.encoder(audio, streaming=True), n_levels=num_levels)
+def encode_stream(codec, audio: Array, num_levels: int | None = None,
+                  length: Any = None) -> Array:
+    """``Codec`` method: the next ``audio [B, n * hop]`` -> codes ``[B, n, levels]``.
+    ``length``: the chunk's valid samples, when it is the signal's last and zero-padded to
+    whole frames (see ``MimiEncoder``): its partial last frame is then coded as the
+    reference codes it."""
+    return codec.quantizer.encode(codec.encoder(audio, streaming=True, length=length),
+                                  n_levels=num_levels)
 
 
 def decode_stream(codec, codes: Array) -> Array:
@@ -43,10 +49,11 @@ def decode_stream(codec, codes: Array) -> Array:
 
 
 def encode_step(model, variables: dict, state: dict, audio: Array,
-                num_levels: int | None = None) -> tuple[dict, Array]:
+                num_levels: int | None = None, length: Any = None) -> tuple[dict, Array]:
     """``(state, audio [B, n * hop])`` -> ``(state, codes [B, n, levels])``; ``model`` is the
-    Codec, ``variables`` its params and ``vq_stats``."""
-    codes, new = model.apply({**variables, STREAMING: state}, audio, num_levels,
+    Codec, ``variables`` its params and ``vq_stats``; ``length`` as in
+    :func:`encode_stream`."""
+    codes, new = model.apply({**variables, STREAMING: state}, audio, num_levels, length,
                              method=encode_stream, mutable=[STREAMING])
     return new[STREAMING], codes
 
@@ -63,7 +70,9 @@ class MimiStreamer:
 
     ``encode_step(state, audio [B, hop])`` and ``decode_step(state, codes [B, 1, levels])`` are
     compiled once; longer chunks (any whole number of frames, at most the transformer context)
-    work too and compile once per chunk length.
+    work too and compile once per chunk length. ``encode_step(state, audio, length)``: the
+    chunk holds ``length`` valid samples (an int, or ``[B]``), the rest zero padding of the
+    signal's last chunk (a traced argument: one more compilation, whatever the lengths).
     """
 
     def __init__(self, config: Any, params: Any, vq_stats: Any, batch: int = 1,
@@ -79,9 +88,10 @@ class MimiStreamer:
         self.hop_length = mimi_hop_length(config.model)
         self.num_levels = int(num_levels or config.quantizer.num_levels)
         model, n = self.model, self.num_levels
-        self._encode = jax.jit(lambda v, s, a: encode_step(model, v, s, a, n))
+        self._encode = jax.jit(lambda v, s, a, length: encode_step(model, v, s, a, n, length))
         self._decode = jax.jit(lambda v, s, c: decode_step(model, v, s, c))
-        self.encode_step = lambda state, audio: self._encode(self.variables, state, audio)
+        self.encode_step = lambda state, audio, length=None: self._encode(
+            self.variables, state, audio, length)
         self.decode_step = lambda state, codes: self._decode(self.variables, state, codes)
         self._initial: dict = {}
 

@@ -20,6 +20,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_string("audio", None, "An audio file or a folder of audio files (eval-codec).")
+flags.DEFINE_enum("task", "codec", ["codec", "moshi"],
+                  "quickstart: a codec and an LM on its tokens, or a talking Moshi.")
 flags.DEFINE_integer("steps", None, "quickstart: number of training steps (default: the preset's).")
 flags.DEFINE_integer("num_levels", None, "Use only the first N quantizer levels (reconstruct).")
 flags.DEFINE_string("codec-workdir", None, "tokenize: the trained codec's workdir.")
@@ -49,6 +51,26 @@ flags.DEFINE_enum("kind", "speech", ["speech", "dialogue", "aligned_dialogue"],
                   "text tokenizer (Moshi's data).")
 flags.DEFINE_integer("corpus_seed", 0, "make-corpus: corpus seed (same seed, same files).")
 flags.DEFINE_string("weights", None, "import-mimi: released Mimi weights (.safetensors).")
+flags.DEFINE_string("lm_config", None,
+                    "import-moshi: the LM's config.json, Kyutai's (its LMModel keywords; "
+                    "absent: Moshi 7B) or Hugging Face's; `--config=` is read as this flag "
+                    "there. Default: a config.json beside --weights.")
+flags.DEFINE_string("mimi", None, "import-moshi: the Mimi workdir (from import-mimi) its audio "
+                    "codes come from.")
+flags.DEFINE_string("lora", None, "import-moshi: moshi-finetune's lora.safetensors to merge "
+                    "(W + scaling * B @ A).")
+flags.DEFINE_float("lora_scaling", None, "import-moshi --lora: the LoRA scaling (default: the "
+                   "config's lora_scaling, else 2).")
+flags.DEFINE_boolean("lora_only", False, "export (a Moshi LoRA run): the adapters alone, as "
+                     "moshi-finetune's lora.safetensors + config.json (default: merged).")
+flags.DEFINE_string("init_from", None, "train-lm (Moshi): the Moshi workdir, export or import "
+                    "to fine-tune (sets config key train.init_from).")
+flags.DEFINE_string("input", None, "converse: the user's audio (mono; the model answers it).")
+flags.DEFINE_string("transcript", None, "converse: write the model's words with times here.")
+flags.DEFINE_boolean("stereo", False, "converse: write the model (left) and the user (right).")
+flags.DEFINE_boolean("greedy", False, "converse: argmax tokens instead of sampling.")
+flags.DEFINE_float("text_temperature", 0.7, "converse: text sampling temperature (Kyutai's).")
+flags.DEFINE_integer("text_top_k", 25, "converse: text top-k (Kyutai's).")
 flags.DEFINE_integer("num_codebooks", 8, "import-mimi: codebooks to keep (1 semantic + N-1 acoustic).")
 flags.DEFINE_enum("format", "orbax", ["orbax", "safetensors"], "export: weight file format.")
 flags.DEFINE_string("topology", None, "compile: Cloud TPU accelerator type, e.g. v5p-8, v5e-16.")
@@ -64,25 +86,34 @@ flags.DEFINE_integer("process_id", None, "Multi-process run: this process's inde
 USAGE = """usage: audiolm-jax COMMAND [--flags]
 
 commands:
-  quickstart   --workdir=DIR               train a small codec on the built-in corpus (CPU minutes)
+  quickstart   --workdir=DIR [--task=moshi]   train a small codec and an LM on the built-in
+               corpus (CPU minutes); --task=moshi: a Mimi-like codec and a tiny Moshi on the
+               built-in aligned dialogues, then a conversation with a held-out user
   train-codec  --config=FILE --workdir=DIR [--config.key=value ...]
   train-vqvae  --config=configs/vqvae_fashion_mnist.py --workdir=DIR   the article's VQ-VAE detour
   eval-codec   --workdir=DIR --audio=PATH  print spectral/mel/SI-SNR/bitrate/usage as JSON
   tokenize     --codec-workdir=DIR --audio=PATH --out=TOKDIR [--tokenizer=mulaw]
   train-lm     --config=configs/lm/NAME.py --workdir=DIR --config.data.tokens=TOKDIR
+               [--init_from=MOSHIDIR]   (configs/lm/moshi.py: fine-tune, full or LoRA)
   eval-lm      --workdir=DIR --tokens=TOKDIR     print loss, per-level losses, tokens as JSON
   generate     --workdir=LMDIR --prompt=IN.wav --seconds=S --out=OUT.wav
                [--temperature T --top_k K --top_p P --seed N --keep_semantic]
                [--input_stream=USER.wav]    duplex LM: the user's side, fed frame by frame
+  converse     --workdir=MOSHIDIR --input=USER.wav --out=REPLY.wav [--transcript=REPLY.txt
+               --stereo --greedy --temperature T --top_k K --seed N]   Moshi answers a
+               recorded user frame by frame, as a live conversation would
   make-corpus  --out=DIR [--kind=speech|dialogue --num=N --seconds=S --sample_rate=SR]
                write the built-in synthetic corpus as WAVs (dialogue: stereo, for duplex)
   precompute-teacher --config=FILE --audio=DIR   write each file's semantic-distillation teacher
                features beside it (<name>.<distill.features_suffix>.npy), from config.distill
   import-mimi  --weights=FILE.safetensors --workdir=DIR [--num_codebooks=8]   released Mimi
                weights (transformers or Kyutai layout) -> a codec workdir
+  import-moshi --weights=model.safetensors --workdir=DIR [--config=config.json]
+               [--mimi=MIMIDIR --text_tokenizer=SPM.model --lora=lora.safetensors]
+               released Moshi weights (Kyutai or Hugging Face layout) -> a Moshi workdir
   export       --workdir=DIR --out=EXPORT [--format=orbax|safetensors]   inference weights +
                config only; encode/decode/reconstruct/tokenize/generate/eval-lm take EXPORT as
-               their workdir
+               their workdir (a Moshi LoRA run: merged; --lora_only: moshi-finetune's files)
   compile      --config=FILE --topology=v5p-8 [--num_slices=N --what=train|decode]
                [--config.key=value ...]   compile the step for a TPU slice on this machine
                (needs the tpu extra) and print memory, FLOPs, estimated step time, MFU as JSON
@@ -204,9 +235,54 @@ def cmd_train_lm(argv):
     if FLAGS.config is None:
         raise UsageError("--config is required (e.g. --config=configs/lm/article_codec_flat.py)")
     workdir = _require(FLAGS.workdir, "workdir")
+    if FLAGS.config.get("task") == "moshi":
+        _train_moshi(FLAGS.config, workdir)
+        return
+    if FLAGS.init_from:
+        raise UsageError("--init_from fine-tunes a Moshi (configs/lm/moshi.py)")
     check_lm_config(FLAGS.config, jax.device_count())
     check_resume_matches(workdir, FLAGS.config, ("model",), views={"model": model_settings})
     print(json.dumps(train_lm(FLAGS.config, workdir)))
+
+
+def _train_moshi(config, workdir: str) -> None:
+    import jax
+
+    from audiolm_jax.config_check import check_moshi_config
+    from audiolm_jax.moshi.run import train_moshi
+
+    if FLAGS.init_from:
+        config.train.init_from = FLAGS.init_from
+    check_moshi_config(config, jax.device_count())
+    print(json.dumps(train_moshi(config, workdir)))
+
+
+def cmd_import_moshi(argv):
+    from audiolm_jax.moshi.run import import_moshi
+
+    _positional(argv, [])
+    print(json.dumps(import_moshi(
+        _require_file(_require(FLAGS.weights, "weights")), _require(FLAGS.workdir, "workdir"),
+        config_json=_require_file(FLAGS.lm_config) if FLAGS.lm_config else None,
+        mimi=FLAGS.mimi, lora=_require_file(FLAGS.lora) if FLAGS.lora else None,
+        text_tokenizer=_require_file(FLAGS.text_tokenizer) if FLAGS.text_tokenizer else None,
+        lora_scaling=FLAGS.lora_scaling,
+        fmt="orbax" if FLAGS["format"].present and FLAGS.format == "orbax" else "safetensors")))
+
+
+def cmd_converse(argv):
+    from audiolm_jax.moshi.converse import converse
+
+    _positional(argv, [])
+    # Kyutai's LMGen defaults (0.8, top 250) unless the flags are given.
+    temperature = FLAGS.temperature if FLAGS["temperature"].present else 0.8
+    top_k = FLAGS.top_k if FLAGS["top_k"].present else 250
+    print(json.dumps(converse(
+        _model_dir(FLAGS.workdir, "moshi"), _require_file(_require(FLAGS.input, "input")),
+        _require(FLAGS.out, "out"), transcript=FLAGS.transcript, stereo=FLAGS.stereo,
+        sampling=not FLAGS.greedy, temperature=temperature, top_k=top_k,
+        text_temperature=FLAGS.text_temperature, text_top_k=FLAGS.text_top_k,
+        seed=FLAGS.seed)))
 
 
 def cmd_eval_lm(argv):
@@ -335,6 +411,12 @@ def cmd_reconstruct(argv):
 
 
 def cmd_quickstart(argv):
+    if FLAGS.task == "moshi":
+        from audiolm_jax.moshi.quickstart import run_quickstart
+
+        _positional(argv, [])
+        run_quickstart(_require(FLAGS.workdir, "workdir"), train_codec, steps=FLAGS.steps)
+        return
     from audiolm_jax.codec.config import quickstart_config
     from audiolm_jax.codec.inference import evaluate_files, load_codec
     from audiolm_jax.data.audio_io import save_wav
@@ -430,6 +512,12 @@ def cmd_export(argv):
     from audiolm_jax.tasks import TASKS
 
     _positional(argv, [])
+    if FLAGS.lora_only:
+        from audiolm_jax.moshi.run import export_lora
+
+        print(json.dumps(export_lora(_require(FLAGS.workdir, "workdir"),
+                                     _require(FLAGS.out, "out"))))
+        return
     print(json.dumps(export(_require(FLAGS.workdir, "workdir"), _require(FLAGS.out, "out"),
                             fmt=FLAGS.format, tasks=TASKS)))
 
@@ -470,6 +558,8 @@ COMMANDS = {
     "export": cmd_export,
     "precompute-teacher": cmd_precompute_teacher,
     "import-mimi": cmd_import_mimi,
+    "import-moshi": cmd_import_moshi,
+    "converse": cmd_converse,
     "compile": cmd_compile,
 }
 
@@ -544,7 +634,11 @@ def run():
     if command not in COMMANDS:
         print(f"audiolm-jax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"{os.path.basename(argv[0])} {command}"] + argv[2:]
+    rest = argv[2:]
+    if command == "import-moshi":  # its --config is a JSON file, not an experiment config
+        rest = ["--lm_config=" + a.split("=", 1)[1] if a.startswith("--config=") else a
+                for a in rest]
+    sys.argv = [f"{os.path.basename(argv[0])} {command}"] + rest
     remaining = _parse_flags_or_exit(command, sys.argv)
     logging.set_verbosity(logging.WARNING)
     # Flags are parsed once, above (config_flags cannot parse its overrides twice).

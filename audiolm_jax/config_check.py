@@ -205,10 +205,42 @@ def check_lm_config(config: Any, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the first bad key of a language-model config."""
     check_lm_model(config)
     _number(config, "data.eval_fraction", 0.0, 1.0)
+    _check_token_dir(config, "`audiolm-jax tokenize`")
+    _check_mesh_and_batch(config, num_devices)
+
+
+def _check_token_dir(config: Any, made_by: str) -> None:
     tokens = _get(config, "data.tokens")
     if not isinstance(tokens, str) or not tokens:
-        raise ConfigError("config key 'data.tokens' must name a token directory "
-                          "(made by `audiolm-jax tokenize`)")
+        raise ConfigError(f"config key 'data.tokens' must name a token directory (made by "
+                          f"{made_by})")
     if not os.path.isdir(tokens):
         raise ConfigError(f"config key 'data.tokens': token directory {tokens!r} does not exist")
+
+
+def check_moshi_config(config: Any, num_devices: int | None = None) -> None:
+    """Raises ConfigError naming the first bad key of a Moshi config (``task = 'moshi'``);
+    the model's own keywords are checked by :class:`audiolm_jax.moshi.MoshiConfig` once the
+    token directory has filled its sizes."""
+    for key in ("model.dim", "model.num_heads", "model.num_layers", "data.frames",
+                "train.num_steps", "train.batch_size", "train.checkpoint_every"):
+        _positive_int(config, key)
+    for key in ("model.card", "model.text_card", "model.n_q", "model.dep_q", "lora.rank",
+                "train.seed"):  # 0: from the token directory / LoRA off
+        _positive_int(config, key, allow_zero=True)
+    _choice(config, "model.dtype", {"float32", "bfloat16"})
+    _choice(config, "model.attention", ATTENTION_KINDS)
+    _choice(config, "model.remat", set(REMAT_POLICIES))
+    for key in ("loss.text_weight", "loss.audio_weight", "loss.text_padding_weight",
+                "loss.first_codebook_weight", "lora.scaling"):
+        _number(config, key, 0.0)
+    _number(config, "optim.learning_rate", 0.0, lo_open=True)
+    _number(config, "data.eval_fraction", 0.0, 1.0)
+    source = config.train.get("init_from", "")
+    if source and "://" not in source and not os.path.isdir(source):
+        raise ConfigError(f"config key 'train.init_from': {source!r} does not exist")
+    if int(config.lora.rank) and not source:
+        raise ConfigError("config key 'lora.rank' > 0 fine-tunes a Moshi: give the one to "
+                          "adapt with --init_from=DIR (config key 'train.init_from')")
+    _check_token_dir(config, "`audiolm-jax tokenize --stereo_streams --text_tokenizer=...`")
     _check_mesh_and_batch(config, num_devices)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from audiolm_jax.codec.task import CodecTask
 from audiolm_jax.lm.task import LMTask
+from audiolm_jax.moshi.task import MoshiTask
 from audiolm_jax.vqvae.task import VQVAETask
 
-TASKS = {task.name: task for task in (CodecTask, LMTask, VQVAETask)}
+TASKS = {task.name: task for task in (CodecTask, LMTask, MoshiTask, VQVAETask)}

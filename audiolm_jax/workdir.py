@@ -4,7 +4,7 @@ A *workdir* is where a command keeps one model (training writes it; the inferenc
 and ``export`` read it)::
 
     WORKDIR/config.json       the experiment config; its ``task`` says what the folder holds
-                              ('codec', 'lm', 'vqvae')
+                              ('codec', 'lm', 'vqvae', 'moshi')
     WORKDIR/tokens.json       an LM's token metadata: tokenizer, rates, levels and the codec's
                               workdir (a relative path lies inside this folder)
     WORKDIR/checkpoints/      training checkpoints
@@ -37,7 +37,8 @@ SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
 
 # The kinds of model a workdir holds (config.json's ``task``), as messages name them.
-KINDS = {"codec": "a codec", "lm": "a language model", "vqvae": "a VQ-VAE"}
+KINDS = {"codec": "a codec", "lm": "a language model", "vqvae": "a VQ-VAE",
+         "moshi": "a Moshi"}
 
 
 # ----------------------------------------------------------------------------- paths

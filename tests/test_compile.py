@@ -70,6 +70,29 @@ def test_decode_step_report(tpu):
     assert r["bound"] in ("memory bandwidth", "compute")
 
 
+def test_moshi_train_and_generation_step_reports(tpu):
+    """configs/lm/moshi.py compiles for a slice: the train step (model FLOPs by hand from
+    both transformers, the text head and the depformer projections) and the one-frame
+    generation step (LMGen.step) of the same model."""
+    from audiolm_jax.moshi.experiment import base_config, tiny_variant
+
+    c = tiny_variant(base_config())
+    c.model.update(card=64, text_card=32, n_q=4, dep_q=2)
+    r = report_lib.compile_experiment(c, "v5p-8")
+    assert r["fits"] and r["frames_per_second_per_device"] > 0 and 0 < r["estimated_mfu"] < 1
+    # Gated MLP widths (Kyutai's gating.py): temporal 2 * int(4.125 * 64) // 3 = 176;
+    # depformer (dim_feedforward 256 = 4 x 64) 21 * 64 // 8 = 168.
+    B, T, D, L, H, Dd, hd = 8, 64, 64, 2, 176, 64, 168
+    temporal = L * (4 * D * D + 3 * D * H)
+    depth = 1 * (4 * Dd * Dd + 3 * Dd * hd)
+    want = (6 * B * T * temporal + 6 * B * T * T * D * L + 6 * B * T * D * 32
+            + 6 * B * T * 2 * depth + 6 * B * T * 2 * 2 * Dd
+            + 6 * B * T * 2 * Dd * (D + 64)) / 4
+    assert r["model_flops_per_device"] == pytest.approx(want)
+    d = report_lib.compile_experiment(c, "v5p-8", what="decode")
+    assert d["program"].startswith("one-frame generation step") and d["ms_per_frame"] > 0
+
+
 def test_no_cost_model_answer_is_calibrated_on_v5p(tpu, monkeypatch):
     """v5e's cost model gives a negative time for large programs (the 151M LM's step, under
     libtpu 0.0.42 and 0.0.52): the estimate is then v5e's roofline divided by the

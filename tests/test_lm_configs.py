@@ -14,7 +14,8 @@ from audiolm_jax.lm.transformer import count_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "lm", "*.py")))
-NAMES = [os.path.basename(p)[:-3] for p in LM_CONFIGS]
+# configs/lm/moshi.py is a Moshi (task 'moshi', audiolm_jax/moshi): checked at the end.
+NAMES = [os.path.basename(p)[:-3] for p in LM_CONFIGS if not p.endswith("moshi.py")]
 
 
 def load(name, variant=""):
@@ -93,3 +94,19 @@ def test_tiny_variant_trains_a_step_on_cpu(name, variant):
     l1, l3 = float(m1["loss"]), float(m3["loss"])
     assert np.isfinite(l1) and l3 < l1  # real steps on a repeated batch lower its loss
     assert np.asarray(m1["loss/level"]).shape == (task.rows,)
+
+
+def test_moshi_config_is_the_released_7b():
+    """configs/lm/moshi.py validates and builds (shapes only) Kyutai's 7B: 7,687,729,152
+    parameters (Kyutai's LMModel counted on the meta device, tests/test_moshi_model.py)."""
+    from audiolm_jax.config_check import check_moshi_config
+    from audiolm_jax.moshi.task import MoshiTask
+
+    config = load("moshi")
+    config.data.tokens = REPO
+    check_moshi_config(config, 64)
+    state = jax.eval_shape(MoshiTask(config).init_state, jax.random.PRNGKey(0))
+    assert count_params(state.params) == 7_687_729_152
+    assert config.loss.first_codebook_weight == 100.0 and config.loss.text_padding_weight == 0.5
+    tiny = load("moshi", "tiny")
+    assert tiny.model.card == 0 and tiny.model.dim == 64  # sizes from the token directory

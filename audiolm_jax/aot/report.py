@@ -73,7 +73,16 @@ def _task(config: Any):
 
         check_codec_config(config)
         return CodecTask(config)  # distillation reads precomputed features (_precomputed)
-    raise ConfigError(f"config key 'task' must be 'lm' or 'codec', got {config.get('task')!r}")
+    if config.get("task") == "moshi":
+        from audiolm_jax.moshi.task import MoshiTask
+
+        sizes = [k for k in ("card", "text_card", "n_q", "dep_q") if not config.model.get(k)]
+        if sizes:
+            raise ConfigError(f"config keys {['model.' + k for k in sizes]} are 0 ('from the "
+                              "token directory'): give the sizes to compile for")
+        return MoshiTask(config)
+    raise ConfigError("config key 'task' must be 'lm', 'codec' or 'moshi', got "
+                      f"{config.get('task')!r}")
 
 
 def _host_batch(task, config: Any) -> dict:
@@ -84,6 +93,13 @@ def _host_batch(task, config: Any) -> dict:
         codes = np.zeros((B, task.num_streams, task.num_levels, task.frames_per_example),
                          np.int32)
         return task.prepare_batch({"codes": codes})
+    if config.task == "moshi":
+        m = task.model_config
+        user = m.n_q - m.dep_q
+        codes = np.zeros((B, 2 if user else 1, max(m.dep_q, user), int(config.data.frames)),
+                         np.int32)
+        return task.prepare_batch({"codes": codes,
+                                   "text": np.zeros((B, codes.shape[-1]), np.int32)})
     audio = np.zeros((B, int(config.data.crop_length)), np.float32)
     if not task.distilling:
         return task.prepare_batch({"audio": audio})
@@ -148,6 +164,17 @@ def model_flops_per_step(task, config: Any) -> tuple[float, str]:
     from audiolm_jax.lm.depth import DepthLMConfig
 
     B = int(config.train.batch_size)
+    if config.task == "moshi":
+        m = task.model_config
+        T = int(config.data.frames)
+        frames = B * T
+        flops = _stack_flops(m.temporal_config(), frames, T)
+        flops += 6.0 * frames * m.dim * m.text_card  # text head
+        if m.dep_q:
+            flops += _stack_flops(m.depformer_config(), frames * m.dep_q, m.dep_q)
+            flops += 6.0 * frames * m.dep_q * m.depformer_dim * (m.dim + m.card)
+        return flops, ("temporal + depth transformers, text head, depformer in/out "
+                       "projections (MaxText convention)")
     if config.task != "lm":
         return float("nan"), "none (codec: see flops_per_device)"
     whole = task.lm.model.config
@@ -198,6 +225,8 @@ def _decode_program(task, config: Any, mesh):
     from audiolm_jax.layers.transformer import CACHE_AXES
     from audiolm_jax.lm.transformer import Transformer
 
+    if config.task == "moshi":
+        return _moshi_decode_program(task, config, mesh)
     if config.task != "lm":
         raise ConfigError("--what=decode compiles a language model's decoding step; this "
                           "config trains a codec")
@@ -226,6 +255,35 @@ def _decode_program(task, config: Any, mesh):
                                      index.sharding),
                  donate_argnums=(2,))
     return fn, (abstract.params, tokens, cache, index)
+
+
+def _moshi_decode_program(task, config: Any, mesh):
+    """Moshi's generation step (``LMGen.step``: one frame of the temporal transformer with
+    its ring KV cache of ``context`` frames, the text token and the depformer's ``dep_q``
+    steps) for ``train.batch_size`` conversations, sampling as Kyutai's defaults."""
+    import functools
+
+    from audiolm_jax.layers.transformer import CACHE_AXES
+    from audiolm_jax.moshi.generate import Sampling, init_state, step_fn
+
+    m = task.model_config
+    abstract, shardings = abstract_state(task, mesh, _RNG)
+    B = int(config.train.batch_size)
+    state = jax.eval_shape(lambda: init_state(m, B))
+    axes = CACHE_AXES if not m.scan_layers else ("layers",) + CACHE_AXES
+    cache_sh = nn.logical_to_mesh_sharding(nn.logical_to_mesh_axes(axes), mesh,
+                                           mesh_lib.LOGICAL_AXIS_RULES)
+    state_sh = state._replace(
+        kv=jax.tree.map(lambda _: cache_sh, state.kv),
+        tokens=mesh_lib.batch_sharding(mesh, 3), offset=mesh_lib.replicated(mesh),
+        key=mesh_lib.replicated(mesh))
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         state, state_sh)
+    user = jax.ShapeDtypeStruct((B, m.n_q - m.dep_q, 1), np.int32,
+                                sharding=mesh_lib.batch_sharding(mesh, 3))
+    fn = jax.jit(functools.partial(step_fn, m, Sampling()),
+                 in_shardings=(shardings.params, state_sh, user.sharding), donate_argnums=(1,))
+    return fn, (abstract.params, state, user)
 
 
 def _costs(compiled) -> dict:
@@ -316,7 +374,7 @@ def compile_experiment(config: Any, topology: str, *, what: str = "train",
 
 def _program_costs(config, mesh, what, task, compiled) -> tuple[dict, str]:
     """(FLOPs, bytes and cost-model seconds of the whole step, how they were obtained)."""
-    scanned = bool(config.task == "lm" and config.model.get("scan_layers", False))
+    scanned = bool(config.task in ("lm", "moshi") and config.model.get("scan_layers", False))
     accumulated = bool(what == "train" and getattr(task, "accumulation", 1) > 1)
     if scanned:  # the loop body counts once: extrapolate unrolled 1- and 2-layer copies
         c1, c2 = (_unrolled_costs(_with_layers(config, n), mesh, what) for n in (1, 2))
@@ -370,7 +428,9 @@ def _report(task, config, tpu, mesh, devices, what, num_slices, seconds, compile
         "device_kind": devices[0].device_kind, "what": what,
         "program": ("train step (generator and discriminator updates)"
                     if config.task == "codec" and task.adversarial else
-                    "train step" if what == "train" else "one-token decode step"),
+                    "train step" if what == "train" else
+                    "one-frame generation step (temporal + depformer)" if config.task == "moshi"
+                    else "one-token decode step"),
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "global_batch": int(config.train.batch_size),
         "batch_per_device": int(config.train.batch_size) / mesh_lib.data_parallel_size(mesh),
@@ -391,8 +451,8 @@ def _figures(task, config, tpu, mesh, what, compiled, costs, calibration=None) -
     kernels = mosaic_kernel_calls(text)
     step, method = _step_estimate(costs, tpu, calibration)
     kernel_seconds = 0.0
-    if kernels and config.task == "lm" and config.model.get("attention") == "splash" \
-            and what == "train":
+    if kernels and config.task in ("lm", "moshi") \
+            and config.model.get("attention") == "splash" and what == "train":
         attention = _attention_flops(task, config) / n
         kernel_seconds = attention / tpu.peak_flops
         step += kernel_seconds
@@ -415,12 +475,20 @@ def _figures(task, config, tpu, mesh, what, compiled, costs, calibration=None) -
     B = int(config.train.batch_size)
     if what == "decode":
         out["tokens_per_second_per_device"] = B / n / step
+        if config.task == "moshi":  # one frame (80 ms of conversation) per step
+            out["ms_per_frame"] = 1000.0 * step
+            out["real_time_factor"] = step / 0.08
         out["bound"] = ("memory bandwidth" if costs["bytes"] / tpu.hbm_bandwidth
                         >= costs["flops"] / tpu.peak_flops else "compute")
         out["weights_and_cache_seconds_at_hbm_bandwidth"] = costs["bytes"] / tpu.hbm_bandwidth
         return out
     model_flops, convention = model_flops_per_step(task, config)
-    if config.task == "lm":
+    if config.task == "moshi":
+        out["model_flops_per_device"] = model_flops / n
+        out["model_flops_convention"] = convention
+        out["estimated_mfu"] = model_flops / n / (step * tpu.peak_flops)
+        out["frames_per_second_per_device"] = B * int(config.data.frames) / n / step
+    elif config.task == "lm":
         out["model_flops_per_device"] = model_flops / n
         out["model_flops_convention"] = convention
         out["estimated_mfu"] = model_flops / n / (step * tpu.peak_flops)
@@ -447,8 +515,12 @@ def _attention_flops(task, config) -> float:
     """The causal attention FLOPs the splash kernels of one training step compute: forward
     and backward (3 forward passes' worth), and one more forward when the blocks are
     rematerialised (the kernel's output is never a saved dot)."""
-    B, T = int(config.train.batch_size), task.context
-    cfg = task.lm.model_config
+    if config.task == "moshi":  # the temporal transformer's (the depformer's 8 steps: XLA)
+        B, T = int(config.train.batch_size), int(config.data.frames)
+        cfg = task.model_config.temporal_config()
+    else:
+        B, T = int(config.train.batch_size), task.context
+        cfg = task.lm.model_config
     span = min(T, cfg.window) if cfg.window else T
     passes = 4.0 if cfg.remat != "none" else 3.0
     return 2.0 * passes * B * T * span * cfg.num_heads * cfg.head_dim * cfg.num_layers

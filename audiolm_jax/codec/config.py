@@ -159,3 +159,21 @@ def tiny_mimi_config() -> ml_collections.ConfigDict:
                   synthetic_seconds=1.0, num_eval=2, eval_seconds=1.0)
     c.train.update(num_steps=20, batch_size=8, checkpoint_every=10, log_every=5, sample_every=0)
     return c
+
+
+def quickstart_mimi_config() -> ml_collections.ConfigDict:
+    """``quickstart --task=moshi``'s codec: Mimi's blocks at 12.5 Hz, as Moshi's frames are
+    (16 kHz, ratios (8, 5, 4, 4) and the 2x learned downsampling: 1280-sample frames), tiny
+    widths, 4 levels of 256 codes, trained with mel + L1 reconstruction for CPU minutes."""
+    c = tiny_mimi_config()
+    c.train.name = "quickstart_mimi"
+    c.model.update(n_filters=8, ratios=(8, 5, 4, 4), dimension=64, transformer_layers=1,
+                   transformer_heads=4, transformer_ffn_dim=128, transformer_context=32)
+    c.quantizer.update(num_levels=4, codebook_size=256, codebook_dim=32, kmeans_iters=10,
+                       dropout=False, no_quant_rate=0.0)
+    c.optim.update(learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=20)
+    c.data.update(sample_rate=16000, crop_length=1280 * 16, synthetic_utterances=256,
+                  synthetic_seconds=2.0, num_eval=2, eval_seconds=2.0)
+    c.train.update(num_steps=300, batch_size=8, checkpoint_every=300, log_every=10,
+                   sample_every=0)
+    return c

@@ -181,6 +181,22 @@ def ring_cache_attention(q, k, v, cache: dict, index, *, window: int,
     size = cache["k"].shape[1]
     if T > size:
         raise ValueError(f"a chunk of {T} positions does not fit a ring cache of {size}")
+    if T == 1:
+        # One position (streaming generation): write it into its slot first, then attend
+        # over the ring alone. The position it overwrites is the one that just left the
+        # window, so nothing is lost, and the cache is not copied every step.
+        slot = jnp.mod(index, size)
+        new = {name: jax.lax.dynamic_update_slice(
+                   cache[name], _rows(a).astype(cache[name].dtype), (0, slot, 0))
+               for name, a in (("k", k), ("v", v))}
+        k_pos = ring_slot_positions(index + 1, size)
+        q_pos = index + jnp.arange(1)
+        mask = allowed(q_pos, k_pos, window) & (k_pos >= 0)[None, :]
+        scores = jnp.einsum("nsd,ntd->nts", new["k"].astype(q.dtype), _rows(q),
+                            preferred_element_type=jnp.float32)
+        out = _softmax_attend(scores * _scale(q.shape[-1]), mask, new["v"].astype(q.dtype),
+                              probs_fn, "nts,nsd->ntd")
+        return _unrows(out, B), new
     k_rows, v_rows = _rows(k), _rows(v)
     keys = jnp.concatenate([cache["k"].astype(q.dtype), k_rows], axis=1)
     values = jnp.concatenate([cache["v"].astype(q.dtype), v_rows], axis=1)

@@ -202,17 +202,26 @@ class LMTask(Task):
         """tokens.json; a codec-token LM's codec is exported beside it into ``codec/``, and
         tokens.json points there (a relative path: resolved against the export's folder)."""
         tokens = workdir_lib.read_tokens_metadata(workdir)
-        codec = tokens.get("codec")
-        if codec and codec.get("workdir"):
-            source = workdir_lib.resolve_path(workdir, codec["workdir"])
-            target = os.path.join(out, "codec")
-            if workdir_lib.is_export(source):
-                shutil.copytree(source, target)
-            else:
-                export_workdir(source, target, _codec_step(source, codec))
-            codec["workdir"] = "codec"
+        codec = export_codec(workdir, out, tokens, export_workdir)
         workdir_lib.write_tokens_metadata(out, tokens)
-        return {"codec": "codec" if codec else None}
+        return {"codec": codec}
+
+
+def export_codec(workdir: str, out: str, tokens: dict,
+                 export_workdir: Callable[[str, str, int | None], dict]) -> str | None:
+    """The codec a token model's ``tokens`` name, exported into ``out/codec/`` (an export is
+    copied); ``tokens`` is pointed there. Returns 'codec', or None without a codec."""
+    codec = tokens.get("codec")
+    if not codec or not codec.get("workdir"):
+        return None
+    source = workdir_lib.resolve_path(workdir, codec["workdir"])
+    target = os.path.join(out, "codec")
+    if workdir_lib.is_export(source):
+        shutil.copytree(source, target)
+    else:
+        export_workdir(source, target, _codec_step(source, codec))
+    codec["workdir"] = "codec"
+    return "codec"
 
 
 def _codec_step(codec_dir: str, codec: dict) -> int | None:

@@ -29,8 +29,8 @@ So ``text_logits[:, 0, t]`` and ``audio_logits[:, k, t]`` predict ``codes[:, 0, 
 Parameter tree (``S`` = depformer weight sets; ``Din`` = its input projections: dep_q, or the
 schedule's sets, or 1 without ``depformer_multi_linear``)::
 
-    text_emb            [text_card + 1, dim]        ('vocab', 'embed')
-    emb                 [n_q, card + 1, dim]        ('levels', 'vocab', 'embed')
+    text_emb            [text_card + 1, dim]        (None, 'embed')   rows: an odd count
+    emb                 [n_q, card + 1, dim]        ('levels', None, 'embed')
     transformer         TransformerStack: blocks_i/{ln_1, attn, ln_2, mlp}
                           ln_*/scale [dim] ('embed',)            (RMSNorm alpha)
                           attn/qkv_kernel [dim, 3, H, Dh]        ('embed', None, 'heads', 'kv')
@@ -40,8 +40,8 @@ schedule's sets, or 1 without ``depformer_multi_linear``)::
     out_norm/scale      [dim]                       ('embed',)
     text_linear         [dim, text_card]            ('embed', 'vocab')
     depformer_in        [Din, dim, depformer_dim]   ('levels', 'embed', None)
-    depformer_text_emb  [text_card + 1, Dd]         ('vocab', 'embed')
-    depformer_emb       [dep_q - 1, card + 1, Dd]   ('levels', 'vocab', 'embed')  (dep_q > 1)
+    depformer_text_emb  [text_card + 1, Dd]         (None, 'embed')
+    depformer_emb       [dep_q - 1, card + 1, Dd]   ('levels', None, 'embed')  (dep_q > 1)
     depformer           TransformerStack as above, width Dd, every projection with a
                         leading 'steps' axis of S sets (when depformer_weights_per_step)
     linears             [dep_q, Dd, card]           ('levels', 'embed', 'vocab')
@@ -147,9 +147,11 @@ class MoshiLM(nn.Module):
     def setup(self):
         cfg = self.config
         D, Dd = cfg.dim, cfg.depformer_dim
-        self.text_emb = param(self, "text_emb", (cfg.text_card + 1, D), ("vocab", "embed"),
+        # Tables have card + 1 rows (the initial token): an odd count no mesh axis divides, so
+        # their rows stay whole (the lookup all-gathers the table anyway, see _lookup).
+        self.text_emb = param(self, "text_emb", (cfg.text_card + 1, D), (None, "embed"),
                               _embedding_init(D))
-        self.emb = param(self, "emb", (cfg.n_q, cfg.card + 1, D), ("levels", "vocab", "embed"),
+        self.emb = param(self, "emb", (cfg.n_q, cfg.card + 1, D), ("levels", None, "embed"),
                          _embedding_init(D))
         self.transformer = TransformerStack(cfg.temporal_config(), name="transformer")
         self.out_norm = RMSNorm(epsilon=NORM_EPS[cfg.norm], dtype=cfg.dtype, name="out_norm")
@@ -159,11 +161,11 @@ class MoshiLM(nn.Module):
             self.depformer_in = param(self, "depformer_in", (cfg.depformer_in_count, D, Dd),
                                       ("levels", "embed", None), _linear_init(D))
             self.depformer_text_emb = param(self, "depformer_text_emb", (cfg.text_card + 1, Dd),
-                                            ("vocab", "embed"), _embedding_init(Dd))
+                                            (None, "embed"), _embedding_init(Dd))
             if cfg.dep_q > 1:
                 self.depformer_emb = param(self, "depformer_emb",
                                            (cfg.dep_q - 1, cfg.card + 1, Dd),
-                                           ("levels", "vocab", "embed"), _embedding_init(Dd))
+                                           ("levels", None, "embed"), _embedding_init(Dd))
             self.depformer = TransformerStack(cfg.depformer_config(), name="depformer")
             self.linears = param(self, "linears", (cfg.dep_q, Dd, cfg.card),
                                  ("levels", "embed", "vocab"), _linear_init(Dd))
@@ -274,8 +276,11 @@ def init_params(model: MoshiLM, rng) -> Any:
 
 def param_shapes(config: MoshiConfig) -> Any:
     """The unboxed params tree of ``ShapeDtypeStruct`` leaves (nothing allocated)."""
-    return nn.meta.unbox(jax.eval_shape(lambda r: init_params(MoshiLM(config), r),
-                                        jax.random.PRNGKey(0)))
+    boxed = jax.eval_shape(lambda r: init_params(MoshiLM(config), r), jax.random.PRNGKey(0))
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    # Unboxed without a sharding constraint: callable under a mesh (the training loop's).
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed,
+                        is_leaf=is_box)
 
 
 def count_params(params: Any) -> int:

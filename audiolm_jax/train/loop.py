@@ -121,7 +121,7 @@ def initial_state(task: Task, mesh, rng, checkpointer: Checkpointer | None = Non
         state = checkpointer.restore(latest, abstract, data_iterator)
         return state, shardings, latest
     init = jax.jit(lambda r: nn.meta.unbox(task.init_state(r)), out_shardings=shardings)
-    return init(rng), shardings, None
+    return task.warm_start(init(rng)), shardings, None
 
 
 def restore_for_inference(task: Task, workdir: str, step: int | None = None,

@@ -46,6 +46,11 @@ class Task:
         init). Only compiled when a subclass overrides it (see :func:`overrides`)."""
         return state
 
+    def warm_start(self, state: Any) -> Any:
+        """Runs once on the host after a fresh run's initialisation (never on resume), e.g.
+        to load another run's weights for fine-tuning; ``state`` holds placed arrays."""
+        return state
+
     def write_samples(self, state: Any, step: int, workdir: str, writer: Any) -> None:
         """Writes samples every ``train.sample_every`` steps (audio, plots)."""
 

@@ -1,0 +1,119 @@
+"""Milliseconds per 80 ms frame of a Moshi conversation on this machine, as ``converse`` and
+a server run it: Mimi's streaming encoder on the user's frame, the generator's step (temporal
+transformer with its ring KV cache, text token, depformer steps: one compiled call), Mimi's
+streaming decoder on the model's codes. Real time needs the sum under 80 ms.
+
+    python benchmarks/moshi_frame.py [--frames 100] [--setups tiny,full_mimi]
+
+Setups (random weights: timing does not depend on them):
+* ``tiny``: ``configs/lm/moshi.py:tiny`` with the quickstart's codec (12.5 Hz Mimi-like,
+  16 kHz, 4 levels of 256), 4 + 4 codebooks, the quickstart's text vocabulary;
+* ``full_mimi``: the released Mimi's sizes (24 kHz, 8 levels of 2048) with
+  ``moshi.py:tiny``'s transformer sizes over 8 + 8 codebooks of 2048.
+
+Prints one JSON object: per setup, median and 95th-percentile milliseconds of each part and of
+the whole frame, after ``--warmup`` frames (compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def _codec(config):
+    from audiolm_jax.codec.mimi.streaming import MimiStreamer
+    from audiolm_jax.codec.model import build_codec, hop_length
+    from audiolm_jax.train.loop import strip_boxes
+
+    model = build_codec(config)
+    hop = hop_length(config)
+    audio = jnp.zeros((1, 2 * hop), jnp.float32)
+    v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
+        jax.random.PRNGKey(0)))
+    return MimiStreamer(config, v["params"], v["vq_stats"], batch=1), hop
+
+
+def _moshi(levels: int, card: int, text_card: int):
+    from audiolm_jax.moshi.experiment import base_config, tiny_variant
+    from audiolm_jax.moshi.model import param_shapes
+    from audiolm_jax.moshi.task import model_config
+
+    c = tiny_variant(base_config())
+    c.model.update(card=card, text_card=text_card, n_q=2 * levels, dep_q=levels)
+    cfg = model_config(c)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), jnp.float32),
+                          param_shapes(cfg))
+    return cfg, params
+
+
+def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
+              frames: int, warmup: int) -> dict:
+    from audiolm_jax.moshi.generate import MoshiGenerator
+
+    streamer, hop = _codec(codec_config)
+    cfg, params = _moshi(levels, card, text_card)
+    gen = MoshiGenerator(cfg, params, batch_size=1, sampling=True, seed=0)
+    enc, dec = streamer.init_encoder_state(), streamer.init_decoder_state()
+    audio = np.random.default_rng(1).standard_normal((frames + warmup) * hop).astype(
+        np.float32) * 0.1
+    times = {"encode": [], "lm": [], "decode": [], "frame": []}
+    for t in range(frames + warmup):
+        t0 = time.perf_counter()
+        enc, codes = streamer.encode_step(enc, audio[None, t * hop:(t + 1) * hop])
+        user = np.asarray(codes)[0, 0, :levels][None, :, None]
+        t1 = time.perf_counter()
+        out = gen.step(user)
+        t2 = time.perf_counter()
+        if out is not None:
+            dec, pcm = streamer.decode_step(dec, np.asarray(out)[0, 1:, 0][None, None, :])
+            np.asarray(pcm)
+        t3 = time.perf_counter()
+        if t >= warmup:
+            for part, s in (("encode", t1 - t0), ("lm", t2 - t1), ("decode", t3 - t2),
+                            ("frame", t3 - t0)):
+                times[part].append(1000 * s)
+    summary = {part: {"median_ms": round(float(np.median(v)), 3),
+                      "p95_ms": round(float(np.percentile(v, 95)), 3)}
+               for part, v in times.items()}
+    return {"setup": name, "sample_rate": int(codec_config.data.sample_rate), "hop": hop,
+            "frame_ms": round(1000 * hop / int(codec_config.data.sample_rate), 1),
+            "levels_per_stream": levels, "card": card, "moshi_dim": cfg.dim,
+            "moshi_layers": cfg.num_layers, "context": cfg.context, **summary,
+            "real_time": summary["frame"]["p95_ms"] < 80.0}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--setups", default="tiny,full_mimi")
+    args = parser.parse_args()
+    from audiolm_jax.codec.config import mimi_config, quickstart_mimi_config
+
+    setups = {
+        "tiny": lambda: run_setup("tiny", quickstart_mimi_config(), 4, 256, 64, args.frames,
+                                  args.warmup),
+        "full_mimi": lambda: run_setup("full_mimi", mimi_config(8), 8, 2048, 64, args.frames,
+                                       args.warmup),
+    }
+    results = [setups[s]() for s in args.setups.split(",")]
+    print(json.dumps({"benchmark": "moshi_frame", "cpu_count": os.cpu_count(),
+                      "machine": platform.machine(), "jax": jax.__version__,
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``converse``: a Moshi workdir (imported here from random Kyutai-layout weights, naming a
+Mimi-like codec and a text tokenizer) answers a recorded user frame by frame through Mimi's
+streaming encoder and decoder; the reply, its transcript with word times, and the CLI's
+one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiolm_jax.codec.config import quickstart_mimi_config
+from audiolm_jax.codec.mimi.importer import write_workdir
+from audiolm_jax.codec.model import build_codec, hop_length
+from audiolm_jax.data.lexicon import write_lexicon_tokenizer
+from audiolm_jax.data.audio_io import save_wav
+from audiolm_jax.moshi import MoshiConfig, param_shapes, to_kyutai
+from audiolm_jax.moshi.converse import converse, words_from_text
+from audiolm_jax.moshi.task import moshi_delays
+from audiolm_jax.text import TextTokenizer
+from audiolm_jax.train.loop import strip_boxes
+
+
+@pytest.fixture(scope="module")
+def moshi_dir(tmp_path_factory):
+    from safetensors.numpy import save_file
+
+    from audiolm_jax.moshi.run import import_moshi
+
+    root = tmp_path_factory.mktemp("converse")
+    config = quickstart_mimi_config()
+    model = build_codec(config)
+    audio = jnp.zeros((1, 2 * hop_length(config)), jnp.float32)
+    v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
+        jax.random.PRNGKey(0)))
+    # A fresh codec's codebooks are zeros (every code ties): give them random entries.
+    key = jax.random.PRNGKey(1)
+    v["vq_stats"] = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.random.normal(jax.random.fold_in(key, hash(str(p)) % 1000), x.shape)
+        * 0.1 if "codebook" in str(p[-1]) else x, v["vq_stats"])
+    codec_dir = str(root / "codec")
+    write_workdir(config, v["params"], v["vq_stats"], codec_dir)
+    spm = write_lexicon_tokenizer(root)
+    vocab = TextTokenizer.load(spm).vocab_size
+    cfg = MoshiConfig.tiny(card=256, n_q=8, dep_q=4, text_card=vocab,
+                           delays=moshi_delays(8, 4), depformer_weights_per_step_schedule=None)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                          param_shapes(cfg))
+    save_file({k: np.ascontiguousarray(x) for k, x in to_kyutai(params, cfg).items()},
+              str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps(cfg.kyutai_kwargs()))
+    out = str(root / "moshi")
+    import_moshi(str(root / "model.safetensors"), out, config_json=str(root / "config.json"),
+                 mimi=codec_dir, text_tokenizer=spm)
+    user = np.sin(np.arange(int(2.3 * 16000)) * 0.03).astype(np.float32) * 0.3
+    save_wav(str(root / "user.wav"), user, 16000)
+    return out, str(root / "user.wav"), spm
+
+
+def test_converse_writes_the_reply_and_its_words(moshi_dir, tmp_path):
+    workdir, user, _ = moshi_dir
+    out, text = str(tmp_path / "reply.wav"), str(tmp_path / "reply.txt")
+    r = converse(workdir, user, out, transcript=text, stereo=True, seed=3,
+                 text_temperature=2.0, text_top_k=0)  # hot: random weights say many words
+    assert r["streaming_codec"] and r["delay_frames"] == 1
+    assert r["frames"] == 29  # ceil(2.3 s * 12.5)
+    wav, sr = sf.read(out)
+    assert sr == 16000 and wav.shape == (int(2.3 * 16000), 2)
+    np.testing.assert_allclose(wav[:, 1], sf.read(user)[0], atol=1e-4)  # right: the user
+    assert np.abs(wav[:, 0]).max() > 0  # left: the model's voice
+    lines = open(text).read().splitlines()
+    assert lines[0].split() == r["words"]
+    times = [tuple(map(float, line.split("\t")[:2])) for line in lines[1:]]
+    assert len(times) == len(r["words"]) > 0
+    assert all(0 <= s < e <= 2.4 for s, e in times) and times == sorted(times)
+    assert set(r["ms_per_frame"]) == {"encode", "lm", "decode", "total"}
+    again = converse(workdir, user, str(tmp_path / "again.wav"), seed=3, text_temperature=2.0,
+                     text_top_k=0)
+    assert again["words"] == r["words"]
+    np.testing.assert_array_equal(sf.read(out)[0][:, 0], sf.read(str(tmp_path / "again.wav"))[0])
+
+
+def test_words_from_text_tokens(moshi_dir):
+    """A word starts at the frame of its first piece and ends at the next PAD / EPAD / word."""
+    spm = moshi_dir[2]
+    tok = TextTokenizer.load(spm)
+    kasu, fo = tok.encode("kasu"), tok.encode("fo")
+    frames = [(0, 3), (1, 0)] + [(2 + i, t) for i, t in enumerate(kasu)]
+    at = 2 + len(kasu)
+    frames += [(at, 3), (at + 1, 0)] + [(at + 2 + i, t) for i, t in enumerate(fo)]
+    words = words_from_text(frames, tok, frame_rate=10.0)
+    assert [w for w, _, _ in words] == ["kasu", "fo"]
+    assert words[0][1:] == pytest.approx((0.2, at / 10.0))
+    assert words[1][1] == pytest.approx((at + 2) / 10.0)
+
+
+def test_converse_cli_errors_are_one_line(moshi_dir, tmp_path):
+    workdir, user, _ = moshi_dir
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    for args, expect in (([f"--workdir={workdir}", f"--out={tmp_path / 'o.wav'}"], "--input"),
+                         ([f"--workdir={tmp_path}", f"--input={user}",
+                           f"--out={tmp_path / 'o.wav'}"], "config.json"),
+                         ([f"--workdir={workdir}", f"--input={tmp_path / 'none.wav'}",
+                           f"--out={tmp_path / 'o.wav'}"], "none.wav")):
+        proc = subprocess.run([sys.executable, "-m", "audiolm_jax.cli", "converse", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-1000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("audiolm-jax converse: error:") and expect in last, last

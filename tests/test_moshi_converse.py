@@ -104,14 +104,18 @@ def test_words_from_text_tokens(moshi_dir):
 
 def test_converse_cli_errors_are_one_line(moshi_dir, tmp_path):
     workdir, user, _ = moshi_dir
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    for args, expect in (([f"--workdir={workdir}", f"--out={tmp_path / 'o.wav'}"], "--input"),
-                         ([f"--workdir={tmp_path}", f"--input={user}",
-                           f"--out={tmp_path / 'o.wav'}"], "config.json"),
-                         ([f"--workdir={workdir}", f"--input={tmp_path / 'none.wav'}",
-                           f"--out={tmp_path / 'o.wav'}"], "none.wav")):
-        proc = subprocess.run([sys.executable, "-m", "audiolm_jax.cli", "converse", *args],
-                              capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 2, proc.stderr[-1000:]
-        last = proc.stderr.strip().splitlines()[-1]
+    cases = ((["--workdir=" + workdir, f"--out={tmp_path / 'o.wav'}"], "--input"),
+             ([f"--workdir={tmp_path}", f"--input={user}", f"--out={tmp_path / 'o.wav'}"],
+              "config.json"),
+             ([f"--workdir={workdir}", f"--input={tmp_path / 'none.wav'}",
+               f"--out={tmp_path / 'o.wav'}"], "none.wav"))
+    # Each a real process, forked from one that imported the package (tests/cli_forks.py).
+    proc = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "cli_forks.py"),
+         json.dumps([["converse", *args] for args, _ in cases])],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    for result, (_, expect) in zip(json.loads(proc.stdout), cases):
+        assert result["returncode"] == 2, result["stderr"][-1000:]
+        last = result["stderr"].strip().splitlines()[-1]
         assert last.startswith("audiolm-jax converse: error:") and expect in last, last

@@ -186,17 +186,24 @@ def test_resume_lora_finetune_and_export(token_dir, tmp_path):
     from audiolm_jax.moshi.run import load_moshi, train_moshi
     from audiolm_jax.tasks import TASKS
 
+    def config(**train):
+        # The first 6 steps are warmup, whose learning rate does not depend on num_steps, so
+        # a 6-step run resumed to 12 follows the 12-step run's schedule.
+        c = tiny_config(token_dir, **train)
+        c.optim.warmup_steps = 6
+        return c
+
     whole = str(tmp_path / "whole")
-    summary = train_moshi(tiny_config(token_dir, num_steps=40, checkpoint_every=20), whole)
-    assert summary["text_loss"] < 0.7 * summary["first_text_loss"], summary
+    summary = train_moshi(config(num_steps=12, checkpoint_every=6), whole)
+    assert summary["text_loss"] < 0.8 * summary["first_text_loss"], summary
     parts = str(tmp_path / "parts")
-    train_moshi(tiny_config(token_dir, num_steps=20, checkpoint_every=20), parts)
-    train_moshi(tiny_config(token_dir, num_steps=40, checkpoint_every=20), parts)
+    train_moshi(config(num_steps=6, checkpoint_every=6), parts)
+    train_moshi(config(num_steps=12, checkpoint_every=6), parts)
     for a, b in zip(jax.tree.leaves(_params(whole)), jax.tree.leaves(_params(parts))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     ft = str(tmp_path / "lora")
-    c = tiny_config(token_dir, num_steps=10, checkpoint_every=10, init_from=whole)
+    c = config(num_steps=4, checkpoint_every=4, init_from=whole)
     c.lora.update(rank=4, scaling=2.0)
     c.optim.learning_rate = 1e-2
     train_moshi(c, ft)

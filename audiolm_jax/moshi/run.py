@@ -26,8 +26,6 @@ from audiolm_jax.moshi.model import MoshiOutput, logits as moshi_logits
 from audiolm_jax.moshi.task import (TEXT_TOKENIZER_FILE, EXECUTION_KEYS, MoshiTask,
                                     fill_from_tokens, load_weights, model_config)
 
-# Key prefixes of Hugging Face's MoshiForConditionalGeneration (Kyutai's keys have none).
-HF_PREFIXES = ("decoder.", "depth_decoder.", "audio_encoder.")
 
 
 # ----------------------------------------------------------------------------- training
@@ -179,6 +177,25 @@ def _read_json(path: str, flag: str) -> dict:
         raise ValueError(f"{flag}: {path!r} is not JSON ({e})") from None
 
 
+def _import_embedded_mimi(state: dict, config: dict, folder: str, levels: int) -> str:
+    """The ``audio_encoder.*`` Mimi of a Hugging Face Moshi file -> a codec workdir at
+    ``folder`` (through ``import-mimi``'s reader: its tensors and its config, written aside),
+    keeping the ``levels`` codebooks the LM reads. Returns the path relative to the Moshi."""
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    from audiolm_jax.codec.mimi.importer import import_mimi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()},
+                  os.path.join(tmp, "model.safetensors"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f)
+        import_mimi(os.path.join(tmp, "model.safetensors"), folder, max(2, int(levels)))
+    return os.path.basename(folder)
+
+
 def import_moshi(weights: str, workdir: str, *, config_json: str | None = None,
                  mimi: str | None = None, text_tokenizer: str | None = None,
                  lora: str | None = None, lora_scaling: float | None = None,
@@ -198,20 +215,21 @@ def import_moshi(weights: str, workdir: str, *, config_json: str | None = None,
     out = os.path.abspath(workdir)
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"--workdir {workdir!r} exists and is not empty; import into a new one")
+    from audiolm_jax.moshi import hf_weights
+
     state = _read_state(weights)
-    hf = any(k.startswith(HF_PREFIXES) for k in state)
+    hf = hf_weights.is_hf_layout(state)
     beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if config_json is None and os.path.isfile(beside):
         config_json = beside
     raw = _read_json(config_json, "--config") if config_json else {}
+    mimi_state = {}
     if hf:
-        from audiolm_jax.moshi import hf_weights
-
         if not raw:
             raise ValueError(f"--weights {weights!r} is in Hugging Face's layout: give its "
                              "config.json with --config")
         cfg = hf_weights.config_from_hf(raw)
-        lm_state, _ = hf_weights.split_hf_state(state)
+        lm_state, mimi_state = hf_weights.split_hf_state(state)
         params = hf_weights.from_hf(lm_state, cfg)
     else:
         kw = dict(raw)
@@ -247,6 +265,10 @@ def import_moshi(weights: str, workdir: str, *, config_json: str | None = None,
     if mimi:
         workdir_lib.check_workdir_holds(mimi, "codec", "--mimi")
         tokens["codec"] = {"workdir": os.path.abspath(mimi)}
+    elif mimi_state and raw.get("audio_encoder_config"):
+        # Hugging Face's file carries its Mimi: imported beside the LM, into DIR/mimi.
+        tokens["codec"] = {"workdir": _import_embedded_mimi(
+            mimi_state, raw["audio_encoder_config"], os.path.join(out, "mimi"), cfg.dep_q)}
     if text_tokenizer:
         if not os.path.isfile(text_tokenizer):
             raise FileNotFoundError(f"--text_tokenizer: {text_tokenizer!r} does not exist")

@@ -49,7 +49,7 @@ def load_inference_weights(path: str, task: Task, step: int | None = None,
             raise ValueError(f"{path!r} is an export of a {info.get('kind')}, not of a {kind}")
         if step is not None and step != info["step"]:
             raise ValueError(f"{path!r} holds step {info['step']} only, not step {step}")
-        weights = _read_weights(epath.Path(path), info["format"])
+        weights = _read_weights(absolute(path), info["format"])  # orbax wants absolute paths
         flat = {leaf_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(weights)}
         upgraded = upgrade_flat(flat, lambda arrays: np.stack(arrays, axis=1))
         if upgraded is not flat:  # an export with older parameter names

@@ -178,7 +178,7 @@ def _params(workdir):
     return load_weights(workdir)[0]
 
 
-def test_resume_lora_finetune_and_export(token_dir, tmp_path):
+def test_resume_lora_finetune_and_export(token_dir, tmp_path, monkeypatch):
     """A run stopped and resumed equals an uninterrupted one; the text loss falls; a LoRA
     run from it trains the adapters only, and its export (and its workdir) loads as the
     merged Moshi."""
@@ -225,8 +225,9 @@ def test_resume_lora_finetune_and_export(token_dir, tmp_path):
                            np.asarray(logits(task.model_config, base, codes).text_logits)[
                                np.asarray(want.text_mask)])
     out = str(tmp_path / "export")
-    export(ft, out, fmt="safetensors", tasks=TASKS)
-    for path in (out, ft):
+    export(ft, out, fmt="orbax", tasks=TASKS)
+    monkeypatch.chdir(tmp_path)  # an export named by a relative path (orbax wants absolute)
+    for path in ("export", ft):
         got = load_moshi(path).logits(codes)
         np.testing.assert_allclose(np.asarray(got.audio_logits)[np.asarray(got.audio_mask)],
                                    np.asarray(want.audio_logits)[np.asarray(want.audio_mask)],

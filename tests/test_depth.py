@@ -150,8 +150,8 @@ def test_param_count_and_depth_configs_build():
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "lm", "*.py"))):
         module = _config_module(path)
         config = module.get_config()
-        if config.model.layout != "depth":
-            continue
+        if config.get("task") != "lm" or config.model.layout != "depth":
+            continue  # (configs/lm/moshi.py is a Moshi: tests/test_lm_configs.py)
         task = LMTask(config)  # full size: shapes only
         n = count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).params)
         assert n == depth_num_params(task.model.config)

@@ -115,8 +115,10 @@ def test_loss_is_moshi_finetunes(token_dir):
     batch = batches(task, token_dir, 1)[0]
     codes = batch["codes"].copy()
     codes[1, 0] = -1  # a window with no transcript
-    loss, aux = task.losses(params, {"codes": codes})
-    out = jax.tree.map(np.asarray, logits(task.model_config, params, codes))
+    losses = jax.jit(task.losses)  # one compile for both calls below (eager is slow)
+    loss, aux = losses(params, {"codes": codes})
+    out = jax.tree.map(np.asarray, jax.jit(logits, static_argnums=0)(
+        task.model_config, params, codes))
     m = task.model_config
     # numpy reference (moshi-finetune finetune/loss.py: compute_loss_with_mask)
     def ce_weighted(lg, target, mask, weights):
@@ -138,7 +140,7 @@ def test_loss_is_moshi_finetunes(token_dir):
     # The user's rows are input only: changing their targets' last frame changes no loss.
     later = codes.copy()
     later[:, 1 + m.dep_q:, -1] = (later[:, 1 + m.dep_q:, -1] + 1) % m.card
-    np.testing.assert_allclose(float(task.losses(params, {"codes": later})[0]), float(loss),
+    np.testing.assert_allclose(float(losses(params, {"codes": later})[0]), float(loss),
                                rtol=1e-6)
 
 

@@ -181,6 +181,8 @@ def ring_cache_attention(q, k, v, cache: dict, index, *, window: int,
     size = cache["k"].shape[1]
     if T > size:
         raise ValueError(f"a chunk of {T} positions does not fit a ring cache of {size}")
+    if T == 1 and jnp.ndim(index) == 1:
+        return _ring_step_per_row(q, k, v, cache, index, window, probs_fn)
     if T == 1:
         # One position (streaming generation): write it into its slot first, then attend
         # over the ring alone. The position it overwrites is the one that just left the
@@ -209,4 +211,28 @@ def ring_cache_attention(q, k, v, cache: dict, index, *, window: int,
     slots = jnp.mod(q_pos, size)
     new = {"k": cache["k"].at[:, slots].set(k_rows.astype(cache["k"].dtype)),
            "v": cache["v"].at[:, slots].set(v_rows.astype(cache["v"].dtype))}
+    return _unrows(out, B), new
+
+
+def _ring_step_per_row(q, k, v, cache: dict, index, window: int, probs_fn):
+    """The one-position ring step with a position per batch row (``index [B]``): rows are
+    separate streams that may have started at different steps (a server's sessions). Each
+    row writes its own slot; its keys' positions follow from its own index, so the slots a
+    freshly started row has not written yet (a previous stream's) are masked as empty."""
+    B, _, H, _ = q.shape
+    size = cache["k"].shape[1]
+    row_index = jnp.repeat(jnp.asarray(index, jnp.int32), H)  # [B * H], batch-major rows
+    rows = jnp.arange(B * H)
+    slot = jnp.mod(row_index, size)
+    new = {name: cache[name].at[rows, slot].set(_rows(a)[:, 0].astype(cache[name].dtype))
+           for name, a in (("k", k), ("v", v))}
+    k_pos = ring_slot_positions(row_index[:, None] + 1, size)  # [B * H, S]
+    delta = row_index[:, None] - k_pos
+    ok = (delta >= 0) & (k_pos >= 0)
+    if window:
+        ok = ok & (delta < window)
+    scores = jnp.einsum("nsd,ntd->nts", new["k"].astype(q.dtype), _rows(q),
+                        preferred_element_type=jnp.float32)
+    out = _softmax_attend(scores * _scale(q.shape[-1]), ok[:, None, :],
+                          new["v"].astype(q.dtype), probs_fn, "nts,nsd->ntd")
     return _unrows(out, B), new

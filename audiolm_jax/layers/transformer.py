@@ -434,9 +434,14 @@ class TransformerStack(nn.Module):
         return self._out(x)
 
     def decode(self, x, cache: dict, index):
-        """A chunk x [B, T, W] at positions ``index .. index + T - 1`` -> (y, new cache)."""
+        """A chunk x [B, T, W] at positions ``index .. index + T - 1`` -> (y, new cache).
+        ``index`` may be one position per row (``[B]``, one-position chunks with a ring
+        cache): rows are then streams that started at different steps."""
         index = jnp.asarray(index, jnp.int32)
-        positions = jnp.broadcast_to(index + jnp.arange(x.shape[1], dtype=jnp.int32),
+        if index.ndim == 1 and (x.shape[1] != 1 or not self.config.window):
+            raise ValueError("a position per row needs one-position chunks and a ring cache "
+                             "(window > 0)")
+        positions = jnp.broadcast_to(index[..., None] + jnp.arange(x.shape[1], dtype=jnp.int32),
                                      x.shape[:2])
         x, cache = run_blocks(self.blocks, x, positions, cache, index)
         return self._out(x), cache

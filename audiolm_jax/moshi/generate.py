@@ -60,7 +60,7 @@ class GenState(NamedTuple):
 
     kv: Any  # the temporal transformer's KV cache (a ring of ``context`` frames)
     tokens: jax.Array  # int32 [B, 1 + n_q, max_delay + 2]: LMGen's token ring
-    offset: jax.Array  # int32 []: steps taken
+    offset: jax.Array  # int32 [B]: steps taken by each row (rows may start at other steps)
     key: jax.Array  # PRNG key (raw uint32 [2])
 
 
@@ -79,7 +79,17 @@ def init_state(config: MoshiConfig, batch_size: int, seed: int = 0,
     kv = init_cache(tcfg, batch_size, max_steps)
     tokens = jnp.full((batch_size, config.num_codebooks, max_delay(config) + 2),
                       config.ungenerated_token_id, jnp.int32)
-    return GenState(kv, tokens, jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+    return GenState(kv, tokens, jnp.zeros((batch_size,), jnp.int32), jax.random.PRNGKey(seed))
+
+
+def reset_rows(config: MoshiConfig, state: GenState, rows) -> GenState:
+    """``state`` with batch rows ``rows`` back at the start of a conversation (a server's
+    session joining a slot). Only the offset and the token ring are reset: the KV ring's old
+    entries are masked by position (a row at offset 0 sees no earlier slot), so nothing is
+    cleared."""
+    rows = jnp.asarray(rows, jnp.int32)
+    tokens = state.tokens.at[rows].set(config.ungenerated_token_id)
+    return state._replace(tokens=tokens, offset=state.offset.at[rows].set(0))
 
 
 def sample_token(key, logits, use_sampling: bool, temperature: float, top_k: int):
@@ -110,8 +120,10 @@ def _temporal_step(m: MoshiLM, column, kv, offset):
         x = x + _lookup(m.emb[k], column[:, 1 + k:2 + k], cfg.dtype)
     x = x + _lookup(m.text_emb, column[:, 0:1], cfg.dtype)  # [B, 1, dim]
     if POSITIONAL[cfg.positional_embedding][1]:  # Kyutai adds it at the streaming offset
-        x = x + sin_embedding(offset[None], cfg.dim, cfg.max_period).astype(x.dtype)
-    z, kv = m.transformer.decode(x, kv, offset)
+        x = x + sin_embedding(offset[:, None], cfg.dim, cfg.max_period).astype(x.dtype)
+    # Rows keep their own positions in a ring cache; a full-length cache (context=None)
+    # takes one position for all rows (they start together: no per-row reset there).
+    z, kv = m.transformer.decode(x, kv, offset if cfg.context else offset[0])
     z = m.out_norm(z)
     logits = jnp.einsum("bsd,dv->bsv", z, m.text_linear.astype(z.dtype),
                         preferred_element_type=jnp.float32)
@@ -146,14 +158,17 @@ def step_fn(config: MoshiConfig, sampling: Sampling, params, state: GenState, us
     delays = np.asarray(cfg.delays, np.int32)
     CT = state.tokens.shape[2]
     B = state.tokens.shape[0]
-    o = state.offset
+    o = state.offset  # [B]
+    b = jnp.arange(B)[:, None]
 
     # User codes enter the ring delayed (their own delays), as LMGen writes them.
     user_rows = np.arange(1 + dq, K)
-    tokens = state.tokens.at[:, user_rows, (o + delays[user_rows]) % CT].set(
+    tokens = state.tokens.at[b, user_rows[None], (o[:, None] + delays[user_rows]) % CT].set(
         jnp.asarray(user_codes, jnp.int32)[:, :len(user_rows), 0])
     initial = jnp.asarray(model.initial_tokens())
-    column = jnp.where(o <= jnp.asarray(delays), initial[None], tokens[:, :, o % CT])
+    now = jnp.take_along_axis(tokens, jnp.broadcast_to((o % CT)[:, None, None], (B, K, 1)),
+                              axis=2)[:, :, 0]
+    column = jnp.where(o[:, None] <= jnp.asarray(delays)[None], initial[None], now)
 
     z, text_logits, kv = run(_temporal_step, column, state.kv, o)
     key, k_text, k_audio = jax.random.split(state.key, 3)
@@ -172,10 +187,14 @@ def step_fn(config: MoshiConfig, sampling: Sampling, params, state: GenState, us
             new.append(prev)
 
     o = o + 1
-    tokens = tokens.at[:, :1 + dq, o % CT].set(jnp.stack(new, axis=1))
-    out_pos = (o - max_delay(cfg) + delays[:1 + dq]) % CT
-    output = tokens[:, np.arange(1 + dq), out_pos][:, :, None]
+    rows = np.arange(1 + dq)[None]
+    tokens = tokens.at[b, rows, (o % CT)[:, None]].set(jnp.stack(new, axis=1))
+    out_pos = (o[:, None] - max_delay(cfg) + delays[None, :1 + dq]) % CT
+    output = tokens[b, rows, out_pos][:, :, None]
     return GenState(kv, tokens, o, key), output, o > max_delay(cfg)
+
+
+_reset = jax.jit(reset_rows, static_argnums=0, donate_argnums=1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -220,16 +239,32 @@ class MoshiGenerator:
             self.seed = seed
         self.state = init_state(self.config, self.batch_size, self.seed, self.max_steps)
         self.frames = 0
+        self.slot_frames = np.zeros(self.batch_size, np.int64)
 
     @property
     def offset(self) -> int:
         """Steps taken since the last reset (LMGen's ``offset_cpu``)."""
         return self.frames
 
-    def step(self, user_codes) -> Optional[np.ndarray]:
-        """The user's codebooks of one frame, int ``[B, n_q - dep_q, 1]`` -> None for the
-        first ``max(delays)`` steps, then int32 ``[B, 1 + dep_q, 1]`` (text token, then the
-        model's audio codes) of frame ``offset - 1 - max(delays)``."""
+    def reset_slot(self, slot: int) -> None:
+        """Batch row ``slot`` starts a new conversation at the next step; the other rows go
+        on (a server's sessions come and go without a new compile). Needs a ``context``
+        (the ring cache keeps a position per row)."""
+        if not self.config.context:
+            raise ValueError("reset_slot needs a sliding-window model (context set)")
+        self.state = _reset(self.config, self.state, jnp.asarray([slot], jnp.int32))
+        self.slot_frames[slot] = 0
+
+    def step_slots(self, user_codes) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`step` for rows at different points of their conversations: ->
+        (int32 ``[B, 1 + dep_q, 1]``, bool ``[B]``: the rows whose output is a frame yet)."""
+        codes = self._check(user_codes)
+        self.state, out, valid = self._step(self.params, self.state, codes)
+        self.frames += 1
+        self.slot_frames += 1
+        return np.asarray(out), np.asarray(valid)
+
+    def _check(self, user_codes) -> jax.Array:
         cfg = self.config
         need = cfg.n_q - cfg.dep_q
         codes = np.asarray(user_codes)
@@ -237,14 +272,18 @@ class MoshiGenerator:
                 or codes.shape[2] != 1):
             raise ValueError(f"user_codes must be [B={self.batch_size}, n_q - dep_q = {need}, "
                              f"1], got shape {codes.shape}")
-        if self.max_steps is not None and self.frames >= self.max_steps:
+        if self.max_steps is not None and self.slot_frames.max() >= self.max_steps:
             raise ValueError(f"max_steps={self.max_steps} frames already generated")
-        codes = jnp.asarray(codes[:, :need], jnp.int32)
-        self.state, out, _ = self._step(self.params, self.state, codes)
-        self.frames += 1
-        if self.frames <= self.max_delay:
+        return jnp.asarray(codes[:, :need], jnp.int32)
+
+    def step(self, user_codes) -> Optional[np.ndarray]:
+        """The user's codebooks of one frame, int ``[B, n_q - dep_q, 1]`` -> None for the
+        first ``max(delays)`` steps, then int32 ``[B, 1 + dep_q, 1]`` (text token, then the
+        model's audio codes) of frame ``offset - 1 - max(delays)``."""
+        out, valid = self.step_slots(user_codes)
+        if not valid.all():
             return None
-        return np.asarray(out)
+        return out
 
 
 def generate(config: MoshiConfig, params, user_codes, **kwargs) -> np.ndarray:

@@ -3,7 +3,10 @@ a server run it: Mimi's streaming encoder on the user's frame, the generator's s
 transformer with its ring KV cache, text token, depformer steps: one compiled call), Mimi's
 streaming decoder on the model's codes. Real time needs the sum under 80 ms.
 
-    python benchmarks/moshi_frame.py [--frames 100] [--setups tiny,full_mimi]
+    python benchmarks/moshi_frame.py [--frames 100] [--setups tiny,full_mimi] [--batches 1]
+
+``--batches 1,2,4,8``: that many conversations per step (a server's sessions: Mimi and the
+generator batched, one compiled call each per frame).
 
 Setups (random weights: timing does not depend on them):
 * ``tiny``: ``configs/lm/moshi.py:tiny`` with the quickstart's codec (12.5 Hz Mimi-like,
@@ -32,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def _codec(config):
+def _codec(config, batch: int = 1):
     from audiolm_jax.codec.mimi.streaming import MimiStreamer
     from audiolm_jax.codec.model import build_codec, hop_length
     from audiolm_jax.train.loop import strip_boxes
@@ -42,7 +45,7 @@ def _codec(config):
     audio = jnp.zeros((1, 2 * hop), jnp.float32)
     v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
         jax.random.PRNGKey(0)))
-    return MimiStreamer(config, v["params"], v["vq_stats"], batch=1), hop
+    return MimiStreamer(config, v["params"], v["vq_stats"], batch=batch), hop
 
 
 def _moshi(levels: int, card: int, text_card: int):
@@ -60,25 +63,25 @@ def _moshi(levels: int, card: int, text_card: int):
 
 
 def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
-              frames: int, warmup: int) -> dict:
+              frames: int, warmup: int, batch: int = 1) -> dict:
     from audiolm_jax.moshi.generate import MoshiGenerator
 
-    streamer, hop = _codec(codec_config)
+    streamer, hop = _codec(codec_config, batch)
     cfg, params = _moshi(levels, card, text_card)
-    gen = MoshiGenerator(cfg, params, batch_size=1, sampling=True, seed=0)
+    gen = MoshiGenerator(cfg, params, batch_size=batch, sampling=True, seed=0)
     enc, dec = streamer.init_encoder_state(), streamer.init_decoder_state()
-    audio = np.random.default_rng(1).standard_normal((frames + warmup) * hop).astype(
+    audio = np.random.default_rng(1).standard_normal((batch, (frames + warmup) * hop)).astype(
         np.float32) * 0.1
     times = {"encode": [], "lm": [], "decode": [], "frame": []}
     for t in range(frames + warmup):
         t0 = time.perf_counter()
-        enc, codes = streamer.encode_step(enc, audio[None, t * hop:(t + 1) * hop])
-        user = np.asarray(codes)[0, 0, :levels][None, :, None]
+        enc, codes = streamer.encode_step(enc, audio[:, t * hop:(t + 1) * hop])
+        user = np.asarray(codes)[:, 0, :levels][:, :, None]
         t1 = time.perf_counter()
         out = gen.step(user)
         t2 = time.perf_counter()
         if out is not None:
-            dec, pcm = streamer.decode_step(dec, np.asarray(out)[0, 1:, 0][None, None, :])
+            dec, pcm = streamer.decode_step(dec, np.asarray(out)[:, 1:, 0][:, None, :])
             np.asarray(pcm)
         t3 = time.perf_counter()
         if t >= warmup:
@@ -88,7 +91,7 @@ def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
     summary = {part: {"median_ms": round(float(np.median(v)), 3),
                       "p95_ms": round(float(np.percentile(v, 95)), 3)}
                for part, v in times.items()}
-    return {"setup": name, "sample_rate": int(codec_config.data.sample_rate), "hop": hop,
+    return {"setup": name, "sessions": batch, "sample_rate": int(codec_config.data.sample_rate), "hop": hop,
             "frame_ms": round(1000 * hop / int(codec_config.data.sample_rate), 1),
             "levels_per_stream": levels, "card": card, "moshi_dim": cfg.dim,
             "moshi_layers": cfg.num_layers, "context": cfg.context, **summary,
@@ -100,16 +103,18 @@ def main():
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--setups", default="tiny,full_mimi")
+    parser.add_argument("--batches", default="1")
     args = parser.parse_args()
     from audiolm_jax.codec.config import mimi_config, quickstart_mimi_config
 
     setups = {
-        "tiny": lambda: run_setup("tiny", quickstart_mimi_config(), 4, 256, 64, args.frames,
-                                  args.warmup),
-        "full_mimi": lambda: run_setup("full_mimi", mimi_config(8), 8, 2048, 64, args.frames,
-                                       args.warmup),
+        "tiny": lambda b: run_setup("tiny", quickstart_mimi_config(), 4, 256, 64, args.frames,
+                                    args.warmup, b),
+        "full_mimi": lambda b: run_setup("full_mimi", mimi_config(8), 8, 2048, 64,
+                                         args.frames, args.warmup, b),
     }
-    results = [setups[s]() for s in args.setups.split(",")]
+    results = [setups[s](int(b)) for s in args.setups.split(",")
+               for b in args.batches.split(",")]
     print(json.dumps({"benchmark": "moshi_frame", "cpu_count": os.cpu_count(),
                       "machine": platform.machine(), "jax": jax.__version__,
                       "results": results}, indent=1))

@@ -82,6 +82,16 @@ flags.DEFINE_string("coordinator_address", None,
                     "Cloud TPU slices and SLURM are detected without flags).")
 flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.")
+flags.DEFINE_string("host", "127.0.0.1", "serve: interface to listen on.")
+flags.DEFINE_integer("port", 8998, "serve: TCP port (0: a free one).")
+flags.DEFINE_integer("max_sessions", 4, "serve: conversations at once; one more gets a busy error.")
+flags.DEFINE_float("idle_timeout", 30.0, "serve: close a session whose client sends nothing "
+                   "for this many seconds.")
+flags.DEFINE_string("auth_token", None, "serve: clients must pass ?token=THIS (else HTTP 401).")
+flags.DEFINE_string("ssl_cert", None, "serve: TLS certificate (PEM; with --ssl_key: wss://).")
+flags.DEFINE_string("ssl_key", None, "serve: TLS private key (PEM).")
+flags.DEFINE_string("url", None, "chat: the server, ws://HOST:PORT/api/chat[?token=...].")
+flags.DEFINE_boolean("fast", False, "chat: send the input as fast as possible, not in real time.")
 
 USAGE = """usage: audiolm-jax COMMAND [--flags]
 
@@ -102,6 +112,12 @@ commands:
   converse     --workdir=MOSHIDIR --input=USER.wav --out=REPLY.wav [--transcript=REPLY.txt
                --stereo --greedy --temperature T --top_k K --seed N]   Moshi answers a
                recorded user frame by frame, as a live conversation would
+  serve        --workdir=MOSHIDIR [--host=127.0.0.1 --port=8998 --max_sessions=4
+               --idle_timeout=30 --auth_token=T --ssl_cert=C --ssl_key=K --greedy
+               --temperature T --top_k K --text_temperature T --text_top_k K --seed N]
+               real-time duplex server, Kyutai's websocket protocol at /api/chat
+  chat         --url=ws://HOST:PORT/api/chat --input=USER.wav --out=REPLY.wav
+               [--transcript=REPLY.txt --fast]   talk to a server from a WAV; prints latency
   make-corpus  --out=DIR [--kind=speech|dialogue --num=N --seconds=S --sample_rate=SR]
                write the built-in synthetic corpus as WAVs (dialogue: stereo, for duplex)
   precompute-teacher --config=FILE --audio=DIR   write each file's semantic-distillation teacher
@@ -283,6 +299,47 @@ def cmd_converse(argv):
         sampling=not FLAGS.greedy, temperature=temperature, top_k=top_k,
         text_temperature=FLAGS.text_temperature, text_top_k=FLAGS.text_top_k,
         seed=FLAGS.seed)))
+
+
+def cmd_serve(argv):
+    import logging as std_logging
+
+    from audiolm_jax.serve.server import SamplingOptions, ServeOptions, serve
+
+    _positional(argv, [])
+    workdir = _model_dir(FLAGS.workdir, "moshi")
+    for name in ("ssl_cert", "ssl_key"):
+        if FLAGS[name].value:
+            _require_file(FLAGS[name].value)
+    # Kyutai's LMGen defaults (0.8, top 250) unless the flags are given, as converse.
+    sampling = SamplingOptions(
+        sampling=not FLAGS.greedy,
+        temperature=FLAGS.temperature if FLAGS["temperature"].present else 0.8,
+        top_k=FLAGS.top_k if FLAGS["top_k"].present else 250,
+        text_temperature=FLAGS.text_temperature, text_top_k=FLAGS.text_top_k, seed=FLAGS.seed)
+    options = ServeOptions(max_sessions=FLAGS.max_sessions, idle_timeout=FLAGS.idle_timeout,
+                           auth_token=FLAGS.auth_token, sampling=sampling)
+    logger = std_logging.getLogger("audiolm_jax.serve")
+    logger.setLevel(std_logging.INFO)
+    if not logger.handlers:
+        handler = std_logging.StreamHandler(sys.stderr)
+        handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    serve(workdir, FLAGS.host, FLAGS.port, options=options, ssl_cert=FLAGS.ssl_cert,
+          ssl_key=FLAGS.ssl_key)
+
+
+def cmd_chat(argv):
+    from audiolm_jax.serve.client import chat
+
+    _positional(argv, [])
+    url = _require(FLAGS.url, "url")
+    if not url.startswith(("ws://", "wss://")):
+        raise UsageError(f"--url={url!r} must start with ws:// or wss://")
+    print(json.dumps(chat(url, _require_file(_require(FLAGS.input, "input")),
+                          _require(FLAGS.out, "out"), transcript=FLAGS.transcript,
+                          fast=FLAGS.fast)))
 
 
 def cmd_eval_lm(argv):
@@ -560,6 +617,8 @@ COMMANDS = {
     "import-mimi": cmd_import_mimi,
     "import-moshi": cmd_import_moshi,
     "converse": cmd_converse,
+    "serve": cmd_serve,
+    "chat": cmd_chat,
     "compile": cmd_compile,
 }
 

@@ -1,0 +1,276 @@
+"""``serve`` / ``chat``: a tiny Moshi workdir (random Kyutai-layout weights, a Mimi-like
+16 kHz codec, a text tokenizer; the fixture of test_moshi_converse.py) behind Kyutai's
+websocket protocol on 127.0.0.1: the handshake, a conversation through the ``chat`` client,
+two at once, busy, protocol errors (the server goes on serving), bad queries, the token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+sphn = pytest.importorskip("sphn")
+
+import soundfile as sf  # noqa: E402
+
+from audiolm_jax.data.audio_io import save_wav  # noqa: E402
+from audiolm_jax.serve import protocol  # noqa: E402
+from audiolm_jax.serve.protocol import Kind, ProtocolError  # noqa: E402
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def moshi_dir(tmp_path_factory):
+    import jax
+    import jax.numpy as jnp
+    from safetensors.numpy import save_file
+
+    from audiolm_jax.codec.config import quickstart_mimi_config
+    from audiolm_jax.codec.mimi.importer import write_workdir
+    from audiolm_jax.codec.model import build_codec, hop_length
+    from audiolm_jax.data.lexicon import write_lexicon_tokenizer
+    from audiolm_jax.moshi import MoshiConfig, param_shapes, to_kyutai
+    from audiolm_jax.moshi.run import import_moshi
+    from audiolm_jax.moshi.task import moshi_delays
+    from audiolm_jax.text import TextTokenizer
+    from audiolm_jax.train.loop import strip_boxes
+
+    root = tmp_path_factory.mktemp("serve")
+    config = quickstart_mimi_config()
+    model = build_codec(config)
+    audio = jnp.zeros((1, 2 * hop_length(config)), jnp.float32)
+    v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
+        jax.random.PRNGKey(0)))
+    key = jax.random.PRNGKey(1)  # random codebooks (a fresh codec's are zeros)
+    v["vq_stats"] = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.random.normal(jax.random.fold_in(key, hash(str(p)) % 1000), x.shape)
+        * 0.1 if "codebook" in str(p[-1]) else x, v["vq_stats"])
+    codec_dir = str(root / "codec")
+    write_workdir(config, v["params"], v["vq_stats"], codec_dir)
+    spm = write_lexicon_tokenizer(root)
+    cfg = MoshiConfig.tiny(card=256, n_q=8, dep_q=4, text_card=TextTokenizer.load(spm).vocab_size,
+                           delays=moshi_delays(8, 4), depformer_weights_per_step_schedule=None)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                          param_shapes(cfg))
+    save_file({k: np.ascontiguousarray(x) for k, x in to_kyutai(params, cfg).items()},
+              str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps(cfg.kyutai_kwargs()))
+    out = str(root / "moshi")
+    import_moshi(str(root / "model.safetensors"), out, config_json=str(root / "config.json"),
+                 mimi=codec_dir, text_tokenizer=spm)
+    user = np.sin(np.arange(2 * 16000) * 0.03).astype(np.float32) * 0.3
+    save_wav(str(root / "user.wav"), user, 16000)
+    return out, str(root / "user.wav")
+
+
+class _ServerThread:
+    """The server's event loop in a daemon thread, as ``serve`` runs it."""
+
+    def __init__(self, server):
+        from audiolm_jax.serve.server import start
+
+        self.server, self.loop = server, asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.runner, self.port = self.loop.run_until_complete(start(server, "127.0.0.1", 0))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(60)
+
+    def url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/api/chat{query}"
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while self.server.sessions and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not self.server.sessions, "sessions still open"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(moshi_dir):
+    from audiolm_jax.serve.server import SamplingOptions, ServeOptions, build_server
+
+    # Hot text sampling (random weights then say many words); the sessions share its compile.
+    options = ServeOptions(max_sessions=2, idle_timeout=5.0, auth_token=TOKEN,
+                           sampling=SamplingOptions(text_temperature=2.0, text_top_k=0))
+    t = _ServerThread(build_server(moshi_dir[0], options))
+    yield t
+    t.stop()
+
+
+def q(extra: str = "") -> str:
+    return f"?token={TOKEN}" + (f"&{extra}" if extra else "")
+
+
+async def _talk(url: str, sends=(), listen: float = 5.0):
+    """Connects, sends raw messages after the first reply, -> [(kind, payload)] received until
+    the server closes (or ``listen`` s)."""
+    got = []
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, max_msg_size=0) as ws:
+            first = await ws.receive(timeout=60)
+            if first.type == aiohttp.WSMsgType.BINARY:
+                got.append((first.data[0], first.data[1:]))
+            for m in sends:
+                await (ws.send_str(m) if isinstance(m, str) else ws.send_bytes(m))
+            end = time.monotonic() + listen
+            while time.monotonic() < end:
+                try:
+                    msg = await ws.receive(timeout=end - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                got.append((msg.data[0], msg.data[1:]))
+    return got
+
+
+def talk(url, sends=(), listen=5.0):
+    return asyncio.run(_talk(url, sends, listen))
+
+
+def test_protocol_parse_reasons():
+    assert protocol.parse(protocol.handshake()).kind == Kind.HANDSHAKE
+    assert protocol.parse(protocol.metadata({"a": 1})).json() == {"a": 1}
+    for data, needle in ((b"", "empty"), (b"\x09x", "unknown message kind 0x09"),
+                         (b"\x03\x07", "control code"), (b"\x04[1]", "not an object"),
+                         (b"\x02\xff", "not UTF-8"), (b"\x01", "without Ogg-Opus"),
+                         ("\x01", "binary"), (b"\x01" + b"x" * 100, "over the 50-byte")):
+        with pytest.raises(ProtocolError, match=needle):
+            protocol.parse(data, max_bytes=50)
+    with pytest.raises(ProtocolError, match="may not send text"):
+        protocol.parse_from_client(protocol.text("hi"))
+
+
+def test_handshake_then_metadata(server):
+    got = talk(server.url(q()), listen=0.5)
+    assert got[0] == (Kind.HANDSHAKE, b"\0" * 8)
+    meta = json.loads(got[1][1])
+    assert got[1][0] == Kind.METADATA and meta["sample_rate"] == 24000
+    assert meta["delay_frames"] == 1 and meta["codec_sample_rate"] == 16000
+
+
+def test_chat_fast_writes_the_reply_and_text(server, moshi_dir, tmp_path):
+    from audiolm_jax.serve.client import chat
+
+    server.wait_idle()
+    out, text = str(tmp_path / "reply.wav"), str(tmp_path / "reply.txt")
+    r = chat(server.url(q("seed=3")), moshi_dir[1], out, transcript=text, fast=True)
+    wav, sr = sf.read(out)
+    assert sr == 24000 and wav.shape == (48000,)  # 2 s, at the wire's rate
+    assert np.abs(wav).max() > 0
+    assert r["text"] and open(text).read().splitlines()[0] == r["text"]
+    assert r["delay_frames"] == 1 and r["latency_median_ms"] is not None
+
+
+def test_real_time_chat_measures_latency(server):
+    """80 ms every 80 ms: each chunk's reply frame comes back within a few frames."""
+    from audiolm_jax.serve.client import chat_async
+
+    server.wait_idle()
+    audio = np.sin(np.arange(24000) * 0.02).astype(np.float32) * 0.3
+    r = asyncio.run(chat_async(server.url(q()), audio, fast=False))
+    assert len(r["reply"]) == 24000 and len(r["latency_ms"]) == 12  # 13 chunks, delay 1
+    assert 0 < r["latency_median_ms"] <= r["latency_p95_ms"] < 2000, r["latency_ms"]
+
+
+def test_two_sessions_at_once(server):
+    from audiolm_jax.serve.client import chat_async
+
+    server.wait_idle()
+    audio = np.sin(np.arange(24000) * 0.02).astype(np.float32) * 0.3
+
+    async def both():
+        return await asyncio.gather(*(chat_async(server.url(q(f"seed={s}")), audio, fast=True)
+                                      for s in (1, 2)))
+
+    a, b = asyncio.run(both())
+    assert len(a["reply"]) == len(b["reply"]) == 24000
+    assert a["metadata"]["session"] != b["metadata"]["session"]
+    assert not np.array_equal(a["reply"], b["reply"])  # other seeds, other voices
+
+
+def test_busy_when_full(server):
+    server.wait_idle()
+
+    async def three():
+        async with aiohttp.ClientSession() as http:
+            a = await http.ws_connect(server.url(q()))
+            b = await http.ws_connect(server.url(q()))
+            for ws in (a, b):
+                assert (await ws.receive(timeout=30)).data[0] == Kind.HANDSHAKE
+            c = await http.ws_connect(server.url(q()))
+            refused = await c.receive(timeout=30)
+            closed = await c.receive(timeout=30)
+            await a.close(), await b.close()
+            return refused, closed
+
+    refused, closed = asyncio.run(three())
+    assert refused.data[0] == Kind.ERROR and b"busy" in refused.data
+    assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+@pytest.mark.parametrize("send, needle", [
+    (b"\x01not an ogg page at all", b"not Ogg-Opus"),
+    (b"\x01OggS" + bytes(range(256)) * 4, b"not Ogg-Opus"),
+    (b"\x42", b"unknown message kind 0x42"),
+    (b"", b"empty message"),
+    (b"\x01" + bytes(protocol.MAX_MESSAGE_BYTES + 100), b"over the 1048576-byte limit"),
+    (protocol.text("hello"), b"may not send text"),
+    ("a text frame", b"binary"),
+], ids=["garbage", "garbage-after-OggS", "unknown-kind", "empty", "oversize", "client-text",
+        "websocket-text-frame"])
+def test_bad_messages_get_an_error_and_the_server_goes_on(server, send, needle):
+    server.wait_idle()
+    got = talk(server.url(q()), [send])
+    errors = [p for k, p in got if k == Kind.ERROR]
+    assert len(errors) == 1 and needle in errors[0], got
+    server.wait_idle()
+    assert talk(server.url(q()), listen=0.2)[0][0] == Kind.HANDSHAKE  # still serving
+
+
+@pytest.mark.parametrize("query, needle", [
+    ("temperature=hot", b"not a number"), ("top_k=-1", b"top_k"),
+    ("text_temperature=nan", b"finite"), ("seed=1.5", b"not an integer"),
+], ids=["temperature", "top_k", "text_temperature", "seed"])
+def test_bad_query_values(server, query, needle):
+    server.wait_idle()
+    got = talk(server.url(q(query)), listen=1.0)
+    assert got[0][0] == Kind.ERROR and needle in got[0][1], got
+
+
+def test_token_is_required(server):
+    async def connect(url):
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await http.ws_connect(url)
+            return e.value.status
+
+    assert asyncio.run(connect(server.url())) == 401
+    assert asyncio.run(connect(server.url("?token=wrong"))) == 401
+
+
+def test_idle_session_is_closed(server):
+    server.wait_idle()
+    start = time.monotonic()
+    got = talk(server.url(q()), listen=15.0)
+    assert any(k == Kind.ERROR and b"idle" in p for k, p in got), got
+    assert 4.5 < time.monotonic() - start < 12

@@ -83,6 +83,10 @@ def train_moshi(config: Any, workdir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading
+# One jitted forward for every loaded Moshi (compiled once per config and shape).
+_jit_logits = jax.jit(moshi_logits, static_argnums=0)
+
+
 class LoadedMoshi:
     """A Moshi workdir, export or import: its config, weights, codec and text tokenizer."""
 
@@ -94,7 +98,6 @@ class LoadedMoshi:
         tokens_file = os.path.join(path, workdir_lib.TOKENS_FILE)
         self.tokens = workdir_lib.read_tokens_metadata(path) if os.path.exists(
             tokens_file) else {}
-        self._logits = jax.jit(moshi_logits, static_argnums=0)
         self._codec = None
         self._text_tokenizer = None
 
@@ -132,7 +135,7 @@ class LoadedMoshi:
     def logits(self, codes) -> MoshiOutput:
         """``LMModel.forward``: undelayed codes int [B, 1 + n_q, T] (text row, the model's
         rows, the user's rows) -> logits and masks aligned with them."""
-        return self._logits(self.model_config, self.params, jnp.asarray(codes, jnp.int32))
+        return _jit_logits(self.model_config, self.params, jnp.asarray(codes, jnp.int32))
 
     def generator(self, batch_size: int = 1, sampling: bool = False, **kw):
         """``LMGen``: ``step(user_codes [B, n_q - dep_q, 1])`` -> None for the first

@@ -41,3 +41,53 @@ def fast_init(init, *args, seed=0):
         return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def tiny_moshi_workdir(root, user_seconds: float = 2.0):
+    """A Moshi workdir as ``import-moshi`` writes it, from random Kyutai-layout weights
+    (``MoshiConfig.tiny`` over 4 + 4 codebooks of 256), naming a random Mimi-like 12.5 Hz codec
+    (``quickstart_mimi_config``) and the lexicon's text tokenizer; plus a 16 kHz user WAV of
+    ``user_seconds``. -> (moshi workdir, user.wav, text tokenizer path). About 7 s."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from audiolm_jax.codec.config import quickstart_mimi_config
+    from audiolm_jax.codec.mimi.importer import write_workdir
+    from audiolm_jax.codec.model import build_codec, hop_length
+    from audiolm_jax.data.audio_io import save_wav
+    from audiolm_jax.data.lexicon import write_lexicon_tokenizer
+    from audiolm_jax.moshi import MoshiConfig, param_shapes, to_kyutai
+    from audiolm_jax.moshi.run import import_moshi
+    from audiolm_jax.moshi.task import moshi_delays
+    from audiolm_jax.text import TextTokenizer
+    from audiolm_jax.train.loop import strip_boxes
+
+    config = quickstart_mimi_config()
+    model = build_codec(config)
+    audio = jnp.zeros((1, 2 * hop_length(config)), jnp.float32)
+    v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
+        jax.random.PRNGKey(0)))
+    # A fresh codec's codebooks are zeros (every code ties): give them random entries.
+    paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(v["vq_stats"])]
+    key = jax.random.PRNGKey(1)
+    v["vq_stats"] = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.random.normal(jax.random.fold_in(key, paths.index(p)), x.shape) * 0.1
+        if "codebook" in str(p[-1]) else x, v["vq_stats"])
+    codec_dir = str(root / "codec")
+    write_workdir(config, v["params"], v["vq_stats"], codec_dir)
+    spm = write_lexicon_tokenizer(root)
+    cfg = MoshiConfig.tiny(card=256, n_q=8, dep_q=4, text_card=TextTokenizer.load(spm).vocab_size,
+                           delays=moshi_delays(8, 4), depformer_weights_per_step_schedule=None)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
+                          param_shapes(cfg))
+    save_file({k: np.ascontiguousarray(x) for k, x in to_kyutai(params, cfg).items()},
+              str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps(cfg.kyutai_kwargs()))
+    out = str(root / "moshi")
+    import_moshi(str(root / "model.safetensors"), out, config_json=str(root / "config.json"),
+                 mimi=codec_dir, text_tokenizer=spm)
+    user = np.sin(np.arange(int(user_seconds * 16000)) * 0.03).astype(np.float32) * 0.3
+    save_wav(str(root / "user.wav"), user, 16000)
+    return out, str(root / "user.wav"), spm

@@ -98,8 +98,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audiolm_jax.data.synthetic import (FRICATIVES, SPLIT_ALIASES, SPLITS, VOWELS, Voice,
-                                        describe_corpus, get_voice, synthesize_utterance)
+from audiolm_jax.data.synthetic import (FRICATIVES, SPLITS, VOWELS, SyntheticDialogueCorpus,
+                                        Voice, describe_corpus, synthesize_utterance)
 
 __all__ = [
     "LexWord",
@@ -351,7 +351,7 @@ def synthesize_words(rng: np.random.Generator, voice: Voice, words: Sequence[str
     return synthesize_utterance(rng, voice, num_samples, sample_rate, plan=plan), spans
 
 
-class SyntheticAlignedDialogueCorpus:
+class SyntheticAlignedDialogueCorpus(SyntheticDialogueCorpus):
     """Deterministic word-aligned conversations in a made-up lexicon (a grain random-access source).
 
     Args:
@@ -373,31 +373,10 @@ class SyntheticAlignedDialogueCorpus:
     def __init__(self, sample_rate: int = 24000, num_dialogues: int = 256,
                  seconds: float = 10.0, seed: int = 0, num_voices: int = 8,
                  split: str = "train"):
-        if split not in SPLIT_ALIASES:
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if num_dialogues <= 0:
-            raise ValueError("num_dialogues must be positive")
-        if num_voices < 2:
-            raise ValueError("a dialogue needs num_voices >= 2")
-        if sample_rate < 4000:
-            raise ValueError(f"sample_rate too low: {sample_rate}")
-        self.sample_rate = int(sample_rate)
-        self.num_dialogues = int(num_dialogues)
-        self.num_samples = int(round(float(seconds) * self.sample_rate))
-        if self.num_samples <= 0:
-            raise ValueError("seconds must be positive")
-        self.seed, self.num_voices = int(seed), int(num_voices)
-        self.split = SPLIT_ALIASES[split]
-        self.voices = tuple(get_voice(v, self.num_voices) for v in range(self.num_voices))
-
-    def __len__(self) -> int:
-        return self.num_dialogues
-
-    def voices_of(self, index: int) -> tuple[int, int]:
-        """(main voice, user voice) of item ``index``; always two different voices."""
-        a = int(index) % self.num_voices
-        b = (a + 1 + (int(index) // self.num_voices) % (self.num_voices - 1)) % self.num_voices
-        return a, b
+        # The checks, voices and voice pairing are the plain dialogue corpus's; only the
+        # defaults (Moshi's 24 kHz, 10 s) and the items differ.
+        super().__init__(sample_rate=sample_rate, num_dialogues=num_dialogues, seconds=seconds,
+                         seed=seed, num_voices=num_voices, split=split)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)

@@ -91,3 +91,48 @@ def tiny_moshi_workdir(root, user_seconds: float = 2.0):
     user = np.sin(np.arange(int(user_seconds * 16000)) * 0.03).astype(np.float32) * 0.3
     save_wav(str(root / "user.wav"), user, 16000)
     return out, str(root / "user.wav"), spm
+
+
+class ServerThread:
+    """A ``MoshiServer``'s event loop in a daemon thread on 127.0.0.1 (a free port), as
+    ``serve`` runs it: ``url()`` for the websocket, ``wait_idle()``, ``stop()``."""
+
+    def __init__(self, server):
+        import asyncio
+        import threading
+
+        from audiolm_jax.serve.server import start
+
+        self.server, self.loop = server, asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.runner, self.port = self.loop.run_until_complete(start(server, "127.0.0.1", 0))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(60)
+
+    def url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/api/chat{query}"
+
+    def http_url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        import time
+
+        end = time.monotonic() + timeout
+        while self.server.sessions and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not self.server.sessions, "sessions still open"
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import soundfile as sf  # noqa: E402
 
 from audiolm_jax.serve import protocol  # noqa: E402
 from audiolm_jax.serve.protocol import Kind, ProtocolError  # noqa: E402
+from helpers import ServerThread  # noqa: E402
 
 TOKEN = "s3cret"
 
@@ -32,40 +32,6 @@ def moshi_dir(tmp_path_factory):
     return workdir, user
 
 
-class _ServerThread:
-    """The server's event loop in a daemon thread, as ``serve`` runs it."""
-
-    def __init__(self, server):
-        from audiolm_jax.serve.server import start
-
-        self.server, self.loop = server, asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.runner, self.port = self.loop.run_until_complete(start(server, "127.0.0.1", 0))
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(60)
-
-    def url(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/api/chat{query}"
-
-    def wait_idle(self, timeout: float = 10.0) -> None:
-        end = time.monotonic() + timeout
-        while self.server.sessions and time.monotonic() < end:
-            time.sleep(0.05)
-        assert not self.server.sessions, "sessions still open"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def server(moshi_dir):
     from audiolm_jax.serve.server import SamplingOptions, ServeOptions, build_server
@@ -73,7 +39,7 @@ def server(moshi_dir):
     # Hot text sampling (random weights then say many words); the sessions share its compile.
     options = ServeOptions(max_sessions=2, idle_timeout=5.0, auth_token=TOKEN,
                            sampling=SamplingOptions(text_temperature=2.0, text_top_k=0))
-    t = _ServerThread(build_server(moshi_dir[0], options))
+    t = ServerThread(build_server(moshi_dir[0], options))
     yield t
     t.stop()
 

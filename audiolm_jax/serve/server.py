@@ -22,6 +22,7 @@ import hmac
 import itertools
 import logging
 import math
+import os
 import time
 from typing import Any, Optional
 
@@ -37,6 +38,11 @@ SILENCE_GRACE_S = 0.24  # three frames of jitter before the server fills in sile
 MAX_OUTBOX = 250  # messages queued for a client that does not read (~10 s of replies)
 CATCH_UP_SHARE = 0.75  # extra catch-up rounds only while the tick has used less than this
 UNBOUNDED_CONTEXT_FRAMES = 3000  # a model without a sliding window: 4 minutes per session
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# What the page may fetch: the files present at start-up, by bare name (no paths, no "..").
+STATIC_FILES = ({n: os.path.join(STATIC_DIR, n) for n in sorted(os.listdir(STATIC_DIR))
+                 if os.path.isfile(os.path.join(STATIC_DIR, n))}
+                if os.path.isdir(STATIC_DIR) else {})
 
 
 # ----------------------------------------------------------------------------- options
@@ -268,6 +274,8 @@ class MoshiServer:
 
         app = web.Application()
         app.router.add_get("/api/chat", self.handle_chat)
+        app.router.add_get("/", self.handle_static)
+        app.router.add_get("/static/{name}", self.handle_static)
         app.on_startup.append(self._start_loop)
         app.on_cleanup.append(self._stop_loop)
         return app
@@ -295,6 +303,17 @@ class MoshiServer:
             return True
         given = request.query.get("token", "")
         return hmac.compare_digest(given.encode(), token.encode())
+
+    async def handle_static(self, request):
+        """The browser page: ``/`` is ``static/index.html``; ``/static/NAME`` one file of the
+        package's own ``static`` folder (a bare file name: nothing outside it is reachable)."""
+        from aiohttp import web
+
+        name = request.match_info.get("name", "index.html")
+        path = STATIC_FILES.get(name)
+        if path is None:
+            raise web.HTTPNotFound(text=f"no static file {name!r}")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     async def handle_chat(self, request):
         from aiohttp import WSMsgType, web

@@ -4,9 +4,13 @@ transformer with its ring KV cache, text token, depformer steps: one compiled ca
 streaming decoder on the model's codes. Real time needs the sum under 80 ms.
 
     python benchmarks/moshi_frame.py [--frames 100] [--setups tiny,full_mimi] [--batches 1]
+        [--sessions 1,2,4,8]
 
-``--batches 1,2,4,8``: that many conversations per step (a server's sessions: Mimi and the
-generator batched, one compiled call each per frame).
+``--batches 1,2,4,8``: that many conversations per step, Mimi and the generator batched
+(one compiled call each per frame). ``--sessions 1,2,4,8``: the server's own step
+(:class:`audiolm_jax.serve.engine.MoshiEngine`: that many session slots, each with its own
+states and sampling, Mimi encode + Moshi step + Mimi decode in one compiled call), all
+slots active.
 
 Setups (random weights: timing does not depend on them):
 * ``tiny``: ``configs/lm/moshi.py:tiny`` with the quickstart's codec (12.5 Hz Mimi-like,
@@ -98,12 +102,51 @@ def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
             "real_time": summary["frame"]["p95_ms"] < 80.0}
 
 
+def run_engine(name: str, codec_config, levels: int, card: int, text_card: int,
+               frames: int, warmup: int, slots: int) -> dict:
+    """The server's batched frame (:class:`MoshiEngine.step`), every slot active and
+    sampling with its own seed."""
+    from types import SimpleNamespace
+
+    from audiolm_jax.moshi.generate import Sampling
+    from audiolm_jax.serve.engine import MoshiEngine
+
+    streamer, hop = _codec(codec_config)
+    cfg, params = _moshi(levels, card, text_card)
+    rate = int(codec_config.data.sample_rate)
+    codec = SimpleNamespace(config=codec_config, params=streamer.variables["params"],
+                            vq_stats=streamer.variables["vq_stats"], num_levels=levels,
+                            sample_rate=rate, hop_length=hop, frame_rate=rate / hop)
+    moshi = SimpleNamespace(path=name, codec=codec, model_config=cfg, params=params,
+                            text_tokenizer=None)
+    engine = MoshiEngine(moshi, slots=slots)
+    for s in range(slots):
+        engine.join(s, Sampling(sampling=True), seed=s)
+    audio = np.random.default_rng(1).standard_normal((slots, (frames + warmup) * hop)).astype(
+        np.float32) * 0.1
+    active = np.ones(slots, bool)
+    times = []
+    for t in range(frames + warmup):
+        t0 = time.perf_counter()
+        engine.step(audio[:, t * hop:(t + 1) * hop], active)
+        if t >= warmup:
+            times.append(1000 * (time.perf_counter() - t0))
+    frame = {"median_ms": round(float(np.median(times)), 3),
+             "p95_ms": round(float(np.percentile(times, 95)), 3)}
+    return {"setup": name, "mode": "server_engine", "sessions": slots, "sample_rate": rate,
+            "hop": hop, "frame_ms": round(1000 * hop / rate, 1), "levels_per_stream": levels,
+            "card": card, "moshi_dim": cfg.dim, "moshi_layers": cfg.num_layers,
+            "context": cfg.context, "frame": frame, "real_time": frame["p95_ms"] < 80.0}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--setups", default="tiny,full_mimi")
     parser.add_argument("--batches", default="1")
+    parser.add_argument("--sessions", default="",
+                        help="session slot counts of the server's engine step, e.g. 1,2,4,8")
     args = parser.parse_args()
     from audiolm_jax.codec.config import mimi_config, quickstart_mimi_config
 
@@ -113,8 +156,13 @@ def main():
         "full_mimi": lambda b: run_setup("full_mimi", mimi_config(8), 8, 2048, 64,
                                          args.frames, args.warmup, b),
     }
-    results = [setups[s](int(b)) for s in args.setups.split(",")
-               for b in args.batches.split(",")]
+    specs = {"tiny": (quickstart_mimi_config, 4, 256, 64), "full_mimi": (lambda: mimi_config(8), 8, 2048, 64)}
+    if args.sessions:
+        results = [run_engine(s, specs[s][0](), *specs[s][1:], args.frames, args.warmup, int(n))
+                   for s in args.setups.split(",") for n in args.sessions.split(",")]
+    else:
+        results = [setups[s](int(b)) for s in args.setups.split(",")
+                   for b in args.batches.split(",")]
     print(json.dumps({"benchmark": "moshi_frame", "cpu_count": os.cpu_count(),
                       "machine": platform.machine(), "jax": jax.__version__,
                       "results": results}, indent=1))

@@ -120,11 +120,15 @@ def test_real_time_chat_measures_latency(server):
     assert 0 < r["latency_median_ms"] <= r["latency_p95_ms"] < 2000, r["latency_ms"]
 
 
-def test_two_sessions_at_once(server):
+def test_two_sessions_at_once_each_as_if_alone(server):
+    """Two sessions share each batched step, yet each reply is bit-for-bit the one its seed
+    gives alone (slots are independent), and other seeds give other voices."""
     from audiolm_jax.serve.client import chat_async
 
     server.wait_idle()
     audio = np.sin(np.arange(24000) * 0.02).astype(np.float32) * 0.3
+    alone = asyncio.run(chat_async(server.url(q("seed=1")), audio, fast=True))
+    server.wait_idle()
 
     async def both():
         return await asyncio.gather(*(chat_async(server.url(q(f"seed={s}")), audio, fast=True)
@@ -133,6 +137,8 @@ def test_two_sessions_at_once(server):
     a, b = asyncio.run(both())
     assert len(a["reply"]) == len(b["reply"]) == 24000
     assert a["metadata"]["session"] != b["metadata"]["session"]
+    np.testing.assert_array_equal(a["reply"], alone["reply"])
+    assert a["text"] == alone["text"]
     assert not np.array_equal(a["reply"], b["reply"])  # other seeds, other voices
 
 
@@ -202,3 +208,43 @@ def test_idle_session_is_closed(server):
     got = talk(server.url(q()), listen=15.0)
     assert any(k == Kind.ERROR and b"idle" in p for k, p in got), got
     assert 4.5 < time.monotonic() - start < 12
+
+
+def test_engine_slot_equals_the_per_session_pipeline(moshi_dir):
+    """The engine's batched frame (vmapped Mimi encode -> slot step -> Mimi decode), greedy,
+    in slot 1 of 2 while slot 0 hears noise and pauses: the text tokens of the batch-1
+    pipeline ``converse`` runs (MimiStreamer + MoshiGenerator), and its audio."""
+    from audiolm_jax.codec.mimi.streaming import MimiStreamer
+    from audiolm_jax.moshi.generate import MoshiGenerator, Sampling
+    from audiolm_jax.moshi.run import load_moshi
+    from audiolm_jax.serve.engine import MoshiEngine
+
+    moshi = load_moshi(moshi_dir[0])
+    engine = MoshiEngine(moshi, slots=2)
+    codec = moshi.codec
+    hop, n = engine.hop, 12
+    rng = np.random.default_rng(0)
+    user = (0.3 * np.sin(np.arange(n * hop) * 0.05)).astype(np.float32).reshape(n, hop)
+    engine.join(0, Sampling(True, 2.0, 0, 2.0, 0), seed=5)
+    engine.join(1, Sampling(sampling=False))
+    got = []
+    for t in range(n):
+        audio = np.stack([rng.normal(0, 0.3, hop).astype(np.float32), user[t]])
+        text, pcm, valid = engine.step(audio, np.array([t % 3 != 1, True]))
+        if valid[1]:
+            got.append((int(text[1]), pcm[1]))
+
+    streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
+    enc, dec = streamer.init_encoder_state(), streamer.init_decoder_state()
+    gen = MoshiGenerator(moshi.model_config, moshi.params)
+    want = []
+    for t in range(n):
+        enc, codes = streamer.encode_step(enc, user[t][None])
+        out = gen.step(np.asarray(codes)[:, 0, :engine.user_levels, None])
+        if out is not None:
+            dec, pcm = streamer.decode_step(dec, np.asarray(out)[:, 1:, 0][:, None, :])
+            want.append((int(out[0, 0, 0]), np.asarray(pcm)[0]))
+    assert len(got) == len(want) == n - engine.delay
+    assert [t for t, _ in got] == [t for t, _ in want]
+    np.testing.assert_allclose(np.stack([p for _, p in got]), np.stack([p for _, p in want]),
+                               atol=1e-5)

@@ -106,6 +106,50 @@ def sample_token(key, logits, use_sampling: bool, temperature: float, top_k: int
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
+class SlotSampling(NamedTuple):
+    """Sampling settings as traced values (one per conversation when stacked), so sessions
+    with other settings share one compiled step. Temperature 0 is greedy; top_k 0 no cut."""
+
+    temperature: Any
+    top_k: Any
+    text_temperature: Any
+    text_top_k: Any
+
+    @classmethod
+    def of(cls, sampling: Sampling) -> "SlotSampling":
+        on = sampling.sampling
+        return cls(np.float32(sampling.temperature if on else 0.0), np.int32(sampling.top_k),
+                   np.float32(sampling.text_temperature if on else 0.0),
+                   np.int32(sampling.text_top_k))
+
+
+def sample_token_traced(key, logits, temperature, top_k):
+    """:func:`sample_token` with traced ``temperature`` and ``top_k`` (scalars): the top-k
+    cut is a threshold at the k-th largest logit (a sort, since k is not static), so ties
+    with it are kept. Greedy where ``temperature <= 0``."""
+    logits = logits.astype(jnp.float32)
+    V = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    k = jnp.where((top_k > 0) & (top_k < V), top_k, V)
+    kth = jnp.take(jnp.sort(logits, axis=-1), V - k, axis=-1)
+    kept = jnp.where(logits >= kth[..., None], logits, -jnp.inf)
+    drawn = jax.random.categorical(key, kept / jnp.maximum(temperature, 1e-6), axis=-1)
+    return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
+
+
+def _sampler(sampling):
+    """-> ``draw(key, logits, text: bool)`` for static :class:`Sampling` (compiled in) or a
+    traced :class:`SlotSampling`."""
+    if isinstance(sampling, Sampling):
+        return lambda key, logits, text: sample_token(
+            key, logits, sampling.sampling,
+            sampling.text_temperature if text else sampling.temperature,
+            sampling.text_top_k if text else sampling.top_k)
+    return lambda key, logits, text: sample_token_traced(
+        key, logits, sampling.text_temperature if text else sampling.temperature,
+        sampling.text_top_k if text else sampling.top_k)
+
+
 # ----------------------------------------------------------------------------- model pieces
 # Module-level functions run through ``MoshiLM(config).apply(..., method=fn)``: they read
 # the modules ``MoshiLM.setup`` defines, so MoshiLM itself needs no generation methods.
@@ -147,11 +191,13 @@ def _depformer_step(m: MoshiLM, z, prev_token, cache, k: int):
     return logits, cache
 
 
-def step_fn(config: MoshiConfig, sampling: Sampling, params, state: GenState, user_codes):
+def step_fn(config: MoshiConfig, sampling, params, state: GenState, user_codes):
     """One frame, a pure function: (params, state, user codes int [B, n_q - dep_q, 1]) ->
-    (state, output int32 [B, 1 + dep_q, 1], valid bool []). ``output`` is meaningful only
-    when ``valid`` (after ``max(delays)`` steps); see the module docstring."""
+    (state, output int32 [B, 1 + dep_q, 1], valid bool [B]). ``output`` is meaningful only
+    where ``valid`` (after ``max(delays)`` steps); see the module docstring. ``sampling``:
+    :class:`Sampling` (static) or :class:`SlotSampling` (traced)."""
     cfg = config
+    draw = _sampler(sampling)
     model = MoshiLM(cfg)
     run = lambda fn, *args: model.apply({"params": params}, *args, method=fn)
     dq, K = cfg.dep_q, cfg.num_codebooks
@@ -172,8 +218,7 @@ def step_fn(config: MoshiConfig, sampling: Sampling, params, state: GenState, us
 
     z, text_logits, kv = run(_temporal_step, column, state.kv, o)
     key, k_text, k_audio = jax.random.split(state.key, 3)
-    text = sample_token(k_text, text_logits, sampling.sampling, sampling.text_temperature,
-                        sampling.text_top_k)
+    text = draw(k_text, text_logits, True)
     new = [text]
     if dq:
         dcfg = cfg.depformer_config()
@@ -182,8 +227,7 @@ def step_fn(config: MoshiConfig, sampling: Sampling, params, state: GenState, us
         prev = text
         for k in range(dq):
             logits, dcache = run(functools.partial(_depformer_step, k=k), z, prev, dcache)
-            prev = sample_token(audio_keys[k], logits, sampling.sampling, sampling.temperature,
-                                sampling.top_k)
+            prev = draw(audio_keys[k], logits, False)
             new.append(prev)
 
     o = o + 1

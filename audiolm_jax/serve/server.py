@@ -1,12 +1,13 @@
 """``audiolm-jax serve``: a Moshi workdir behind Kyutai's websocket protocol (``/api/chat``).
 
-Every connection is a session with its own generator (batch 1: the compiled step is shared,
-as the config is) and its own Mimi streaming encoder/decoder states. One frame loop owns the
-model: every 80 ms it steps each active session once (Mimi encode -> ``generator.step`` ->
-Mimi decode, :mod:`audiolm_jax.moshi.converse`'s per-frame pipeline) on a single compute
-thread, so steps are serialized, never concurrent, and the event loop stays free for the
-sockets. A session whose client sent more than one frame (``chat --fast``, or network
-jitter) catches up within the same tick while the tick has time left.
+Every connection is a session that owns one slot of the engine's batch
+(:mod:`audiolm_jax.serve.engine`: per slot, a generator state and Mimi's streaming states;
+its caches reset when it joins, and the slot is freed when it leaves). One frame loop owns
+the model: every 80 ms it runs one compiled step for all sessions at once (Mimi encode ->
+Moshi step -> Mimi decode) on a single compute thread, so the event loop stays free for the
+sockets, and warns with the measured time when a step takes longer than a frame. A session
+whose client sent more than one frame (``chat --fast``, or network jitter) catches up in
+extra steps within the same tick while the tick has time left; the others stand still then.
 
 Input timing: nothing is stepped before a session's first audio; after it, a session with no
 buffered audio for ``SILENCE_GRACE_S`` hears silence (the conversation's clock runs on), and
@@ -29,6 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from audiolm_jax.serve import protocol
+from audiolm_jax.serve.engine import MoshiEngine
 from audiolm_jax.serve.opus import OPUS_FRAME, OPUS_RATE, OpusDecoder, OpusEncoder
 from audiolm_jax.serve.protocol import Kind, ProtocolError
 
@@ -37,7 +39,6 @@ log = logging.getLogger("audiolm_jax.serve")
 SILENCE_GRACE_S = 0.24  # three frames of jitter before the server fills in silence
 MAX_OUTBOX = 250  # messages queued for a client that does not read (~10 s of replies)
 CATCH_UP_SHARE = 0.75  # extra catch-up rounds only while the tick has used less than this
-UNBOUNDED_CONTEXT_FRAMES = 3000  # a model without a sliding window: 4 minutes per session
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # What the page may fetch: the files present at start-up, by bare name (no paths, no "..").
 STATIC_FILES = ({n: os.path.join(STATIC_DIR, n) for n in sorted(os.listdir(STATIC_DIR))
@@ -100,90 +101,17 @@ class ServeOptions:
 
 # ----------------------------------------------------------------------------- the model
 class SessionModel:
-    """One conversation's model state: generator (KV ring, token ring, PRNG) and Mimi's
-    streaming encoder and decoder states. Touched only on the compute thread."""
+    """A session's share of the engine: its batch slot, its Opus encoder, frames stepped."""
 
-    def __init__(self, generator, enc_state, dec_state, encoder: OpusEncoder):
-        self.generator, self.enc_state, self.dec_state = generator, enc_state, dec_state
-        self.opus_out = encoder
-        self.frames = 0
+    def __init__(self, slot: int, encoder: OpusEncoder):
+        self.slot, self.opus_out, self.frames = slot, encoder, 0
 
 
-class MoshiEngine:
-    """The shared part: weights (converted once), Mimi streamer, tokenizer. ``step`` runs one
-    frame of one session; call it from one thread only."""
+def generator_sampling(options: SamplingOptions):
+    from audiolm_jax.moshi.generate import Sampling
 
-    def __init__(self, moshi):
-        import flax.linen as nn
-        import jax
-        import jax.numpy as jnp
-
-        from audiolm_jax.codec.mimi.streaming import MimiStreamer
-
-        self.moshi = moshi
-        codec = moshi.codec
-        if codec is None:
-            raise ValueError(f"--workdir {moshi.path!r} names no codec (tokens.json 'codec'): "
-                             "serve needs the Mimi its codes come from")
-        if getattr(codec.config.model, "kind", None) != "mimi":
-            raise ValueError("serve needs a streaming Mimi codec; this workdir's codec is "
-                             f"{getattr(codec.config.model, 'kind', None)!r}")
-        cfg = self.config = moshi.model_config
-        self.user_levels, self.model_levels = cfg.n_q - cfg.dep_q, cfg.dep_q
-        if max(self.user_levels, self.model_levels) > codec.num_levels:
-            raise ValueError(f"the Moshi reads {max(self.user_levels, self.model_levels)} "
-                             f"codebooks per stream; its codec has {codec.num_levels}")
-        self.sample_rate, self.hop = int(codec.sample_rate), int(codec.hop_length)
-        self.frame_rate = float(codec.frame_rate)
-        self.delay = int(max(cfg.delays))
-        self.max_steps = None if cfg.context else UNBOUNDED_CONTEXT_FRAMES
-        # Once for all sessions (a generator would otherwise convert its own copy).
-        self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(moshi.params))
-        self.streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
-        self.tokenizer = moshi.text_tokenizer
-        from audiolm_jax.text.stream import TEXT_EPAD_ID, TEXT_PAD_ID
-
-        self._silent_ids = {TEXT_PAD_ID, TEXT_EPAD_ID}
-        if self.tokenizer is not None:
-            self._silent_ids |= set(self.tokenizer.control_ids)
-
-    def new_session(self, sampling: SamplingOptions) -> SessionModel:
-        from audiolm_jax.moshi.generate import MoshiGenerator
-
-        gen = MoshiGenerator(self.config, self.params, batch_size=1, sampling=sampling.sampling,
-                             temperature=sampling.temperature, top_k=sampling.top_k,
-                             text_temperature=sampling.text_temperature,
-                             text_top_k=sampling.text_top_k, seed=sampling.seed,
-                             max_steps=self.max_steps)
-        return SessionModel(gen, self.streamer.init_encoder_state(),
-                            self.streamer.init_decoder_state(), OpusEncoder(self.sample_rate))
-
-    def step(self, sm: SessionModel, frame: np.ndarray) -> tuple[bytes, Optional[str]]:
-        """One frame of user audio (``hop`` samples at the codec's rate) -> (Ogg-Opus pages of
-        the model's reply frame, maybe empty; its text piece or None)."""
-        sm.enc_state, codes = self.streamer.encode_step(sm.enc_state, frame[None])
-        user = np.asarray(codes)[0, 0, :self.user_levels].astype(np.int32)
-        out = sm.generator.step(user[None, :, None])
-        sm.frames += 1
-        if out is None:  # the first max(delays) frames
-            return b"", None
-        out = np.asarray(out)
-        sm.dec_state, pcm = self.streamer.decode_step(sm.dec_state, out[0, 1:, 0][None, None, :])
-        pages = sm.opus_out(np.asarray(pcm, np.float32)[0])
-        return pages, self.piece(int(out[0, 0, 0]))
-
-    def piece(self, token: int) -> Optional[str]:
-        if self.tokenizer is None or token in self._silent_ids:
-            return None
-        return self.tokenizer.id_to_piece(token).replace("\u2581", " ")
-
-    def warmup(self, sampling: SamplingOptions) -> float:
-        """Compiles the step, encoder and decoder before the first client (s taken)."""
-        t0 = time.perf_counter()
-        sm = self.new_session(sampling)
-        for _ in range(self.delay + 2):
-            self.step(sm, np.zeros(self.hop, np.float32))
-        return time.perf_counter() - t0
+    return Sampling(options.sampling, options.temperature, options.top_k,
+                    options.text_temperature, options.text_top_k)
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -192,6 +120,11 @@ _CLOSE = object()
 
 class Session:
     """One websocket conversation, event-loop side: input buffer, outbox, timers."""
+
+    # Messages other than audio (ping, control, metadata): a bucket of CONTROL_BURST that
+    # refills at CONTROL_RATE per second; a client that empties it is refused (a flood).
+    CONTROL_BURST = 50
+    CONTROL_RATE = 10.0
 
     def __init__(self, sid: int, ws, model: SessionModel, hop: int, sample_rate: int,
                  peer: str):
@@ -202,7 +135,20 @@ class Session:
         self.started = False  # first audio received
         self.last_recv = time.monotonic()
         self.closing = False
+        self.reason: Optional[str] = None  # why it ended, for the log's closing line
         self.outbox: asyncio.Queue = asyncio.Queue()
+        self._allowance, self._allowance_at = float(self.CONTROL_BURST), self.last_recv
+
+    def admit_control(self) -> bool:
+        """Takes one non-audio message from the bucket; False once a flood has emptied it."""
+        now = time.monotonic()
+        self._allowance = min(float(self.CONTROL_BURST),
+                              self._allowance + (now - self._allowance_at) * self.CONTROL_RATE)
+        self._allowance_at = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
 
     def push_audio(self, pcm: np.ndarray) -> None:
         if len(pcm):  # (header pages carry none: the clock starts with the first sound)
@@ -233,6 +179,7 @@ class Session:
         if self.closing:
             return
         log.log(level, "session %d (%s): %s", self.id, self.peer, protocol.one_line(reason))
+        self.reason = protocol.one_line(reason)
         self.outbox.put_nowait(protocol.error(reason))
         self.close()
 
@@ -249,11 +196,25 @@ class Session:
                 break
             try:
                 await self.ws.send_bytes(item)
-            except (ConnectionError, RuntimeError):  # the client went away
+            except (ConnectionError, RuntimeError) as e:  # the client went away
                 self.closing = True
+                self.reason = self.reason or f"client went away ({type(e).__name__} on send)"
                 break
         if not self.ws.closed:
-            await self.ws.close()
+            try:
+                await self.ws.close()
+            except (ConnectionError, RuntimeError):  # already gone
+                pass
+
+    @staticmethod
+    async def refuse(ws, reason: str) -> None:
+        """0x05 ``reason`` and a close, for a connection that gets no session (the reason is
+        logged by the caller); a client that is already gone is no error."""
+        try:
+            await ws.send_bytes(protocol.error(reason))
+            await ws.close()
+        except (ConnectionError, RuntimeError):
+            pass
 
 
 # ----------------------------------------------------------------------------- server
@@ -261,7 +222,7 @@ class MoshiServer:
     def __init__(self, engine: MoshiEngine, options: ServeOptions):
         self.engine, self.options = engine, options
         self.sessions: dict[int, Session] = {}
-        self._setting_up = 0
+        self._free_slots = list(range(engine.slots))[::-1]  # the engine's batch rows
         self._ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="moshi-step")
         self._loop_task: Optional[asyncio.Task] = None
@@ -325,25 +286,31 @@ class MoshiServer:
         # aiohttp itself drops (close 1009, no reason) messages over 4x our limit; between the
         # two the client gets a 0x05 that says why.
         ws = web.WebSocketResponse(max_msg_size=4 * self.options.max_message_bytes)
+        if not ws.can_prepare(request).ok:
+            log.warning("refused %s: plain HTTP %s %s, not a websocket upgrade", peer,
+                        request.method, request.path)
+            raise web.HTTPBadRequest(text="/api/chat speaks websocket only (Kyutai's Moshi "
+                                     "protocol): connect with a websocket client\n")
         await ws.prepare(request)
-        if len(self.sessions) + self._setting_up >= self.options.max_sessions:
+        if not self._free_slots:
             log.warning("refused %s: busy (%d sessions)", peer, self.options.max_sessions)
-            await ws.send_bytes(protocol.error(
-                f"busy: the server already holds its {self.options.max_sessions} sessions"))
-            await ws.close()
+            await Session.refuse(
+                ws, f"busy: the server already holds its {self.options.max_sessions} sessions")
             return ws
         try:
             sampling = sampling_from_query(request.query, self.options.sampling)
         except ValueError as e:
             log.warning("refused %s: %s", peer, e)
-            await ws.send_bytes(protocol.error(str(e)))
-            await ws.close()
+            await Session.refuse(ws, str(e))
             return ws
-        self._setting_up += 1
-        try:  # on the compute thread: a new sampling setting compiles its step there
-            model = await self._compute(self.engine.new_session, sampling)
-        finally:
-            self._setting_up -= 1
+        slot = self._free_slots.pop()
+        try:  # on the compute thread, between frames (nothing compiles: one program per N)
+            await self._compute(self.engine.join, slot, generator_sampling(sampling),
+                                sampling.seed)
+        except BaseException:
+            self._free_slots.append(slot)
+            raise
+        model = SessionModel(slot, OpusEncoder(self.engine.sample_rate))
         sid = next(self._ids)
         session = Session(sid, ws, model, self.engine.hop, self.engine.sample_rate, peer)
         self.sessions[sid] = session
@@ -355,21 +322,28 @@ class MoshiServer:
             "delay_frames": self.engine.delay, "codec_sample_rate": self.engine.sample_rate,
             "session": sid, "sampling": dataclasses.asdict(sampling)}))
         try:
-            async for msg in ws:
-                if session.closing:
-                    break
+            while not session.closing:
+                msg = await ws.receive()
                 if msg.type == WSMsgType.BINARY:
                     self._receive(session, msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     session.fail("text websocket frame: the protocol is binary (kind byte + payload)")
-                elif msg.type == WSMsgType.ERROR:
-                    session.fail(f"websocket error: {ws.exception()}")
+                elif msg.type == WSMsgType.ERROR:  # e.g. over aiohttp's size limit (close 1009)
+                    session.fail(f"websocket error: {msg.data or ws.exception()}")
+                    break
+                elif msg.type == WSMsgType.CLOSE:
+                    session.reason = session.reason or f"client closed (code {msg.data})"
+                    break
+                elif msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING):
+                    session.reason = session.reason or "connection lost (no close frame)"
                     break
         finally:
             session.close()
             self.sessions.pop(sid, None)
+            self._free_slots.append(model.slot)
             await sender
-            log.info("session %d (%s) closed after %d frames", sid, peer, model.frames)
+            log.info("session %d (%s) closed after %d frames: %s", sid, peer, model.frames,
+                     session.reason or "server closed")
         return ws
 
     def _receive(self, session: Session, data: bytes) -> None:
@@ -378,6 +352,10 @@ class MoshiServer:
             session.last_recv = time.monotonic()
             if msg.kind == Kind.AUDIO:
                 session.push_audio(session.opus_in(msg.payload))
+            elif not session.admit_control():
+                session.fail(f"{msg.kind.name.lower()} flood: over {session.CONTROL_BURST} "
+                             f"non-audio messages at once (the limit is "
+                             f"{session.CONTROL_RATE:g} a second)")
             elif msg.kind == Kind.CONTROL:
                 log.info("session %d: control %s (ignored)", session.id,
                          protocol.Control(msg.payload[0]).name)
@@ -387,14 +365,27 @@ class MoshiServer:
 
     # -------------------------------------------------------------- the frame loop
     def _run_round(self, jobs):
-        """Compute thread: one step for each (session, frame)."""
-        results = []
+        """Compute thread: one batched step for all sessions in ``jobs`` [(session, frame)];
+        the other slots stand still. -> [(session, Ogg pages, text piece, error)]."""
+        engine = self.engine
+        audio = np.zeros((engine.slots, engine.hop), np.float32)
+        active = np.zeros(engine.slots, bool)
         for session, frame in jobs:
-            try:
-                results.append((session, *self.engine.step(session.model, frame), None))
-            except Exception as e:  # noqa: BLE001 - one broken session must not stop the rest
-                log.exception("session %d: step failed", session.id)
-                results.append((session, b"", None, f"internal error: {type(e).__name__}: {e}"))
+            audio[session.model.slot], active[session.model.slot] = frame, True
+        try:
+            text, pcm, valid = engine.step(audio, active)
+        except Exception as e:  # noqa: BLE001 - the sessions of this round end, the server goes on
+            log.exception("step failed for %d session(s)", len(jobs))
+            return [(s, b"", None, f"internal error: {type(e).__name__}: {e}") for s, _ in jobs]
+        results = []
+        for session, _ in jobs:
+            model = session.model
+            model.frames += 1
+            if not valid[model.slot]:  # the first max(delays) frames
+                results.append((session, b"", None, None))
+                continue
+            pages = model.opus_out(pcm[model.slot])
+            results.append((session, pages, engine.piece(int(text[model.slot])), None))
         return results
 
     async def _round(self, tick_start: float, first: bool) -> int:
@@ -405,6 +396,10 @@ class MoshiServer:
                 continue
             if now - s.last_recv > self.options.idle_timeout:
                 s.fail(f"idle: nothing received for {self.options.idle_timeout:g} s", logging.INFO)
+                continue
+            if self.engine.max_steps and s.model.frames >= self.engine.max_steps:
+                s.fail(f"the conversation reached this model's {self.engine.max_steps}-frame "
+                       "limit (it has no sliding window)", logging.INFO)
                 continue
             if s.frames_buffered():
                 jobs.append((s, s.take_frame()))
@@ -455,10 +450,10 @@ def build_server(workdir: str, options: ServeOptions, moshi=None) -> MoshiServer
     """Loads the workdir, compiles and warms the step, -> a server ready for its first client."""
     from audiolm_jax.moshi.run import load_moshi
 
-    engine = MoshiEngine(moshi or load_moshi(workdir))
-    took = engine.warmup(options.sampling)
-    log.info("model ready (warm-up %.1f s): %d Hz codec, %d-sample frames, delay %d frames",
-             took, engine.sample_rate, engine.hop, engine.delay)
+    engine = MoshiEngine(moshi or load_moshi(workdir), slots=options.max_sessions)
+    took = engine.warmup()
+    log.info("model ready (warm-up %.1f s): %d Hz codec, %d-sample frames, delay %d frames, "
+             "%d session slots", took, engine.sample_rate, engine.hop, engine.delay, engine.slots)
     return MoshiServer(engine, options)
 
 

@@ -29,7 +29,8 @@ import numpy as np
 from etils import epath
 
 from audiolm_jax import workdir as workdir_lib
-from audiolm_jax.train.checkpoint import absolute, leaf_name, upgrade_flat
+from audiolm_jax.train.checkpoint import (single_replica_saves_on_cpu, absolute, leaf_name,
+                                         upgrade_flat)
 from audiolm_jax.train.loop import restore_for_inference, strip_boxes
 from audiolm_jax.train.task import Task
 from audiolm_jax.workdir import EXPORT_FILE, is_export
@@ -79,6 +80,7 @@ def _read_weights(folder: epath.Path, fmt: str) -> dict:
         raise ValueError(f"{folder / EXPORT_FILE}: unknown format {fmt!r}")
     import orbax.checkpoint as ocp
 
+    single_replica_saves_on_cpu()
     checkpointer = ocp.StandardCheckpointer()
     location = folder / "weights"
     meta = checkpointer.metadata(location)
@@ -112,6 +114,7 @@ def _write_weights(out: epath.Path, weights: dict, fmt: str) -> None:
         return
     import orbax.checkpoint as ocp
 
+    single_replica_saves_on_cpu()
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(out / "weights", weights)
     checkpointer.wait_until_finished()

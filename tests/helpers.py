@@ -126,9 +126,10 @@ class ServerThread:
         import time
 
         end = time.monotonic() + timeout
-        while self.server.sessions and time.monotonic() < end:
+        busy = lambda: self.server.sessions or self.server.slots_in_use()  # (joining ones too)
+        while busy() and time.monotonic() < end:
             time.sleep(0.05)
-        assert not self.server.sessions, "sessions still open"
+        assert not busy(), "sessions still open"
 
     def stop(self) -> None:
         import asyncio

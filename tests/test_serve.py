@@ -248,3 +248,13 @@ def test_engine_slot_equals_the_per_session_pipeline(moshi_dir):
     assert [t for t, _ in got] == [t for t, _ in want]
     np.testing.assert_allclose(np.stack([p for _, p in got]), np.stack([p for _, p in want]),
                                atol=1e-5)
+
+
+def test_query_takes_kyutai_web_client_names():
+    from audiolm_jax.serve.server import SamplingOptions, sampling_from_query
+
+    got = sampling_from_query({"audio_temperature": "0.5", "audio_topk": "7", "text_topk": "3",
+                               "audio_seed": "9", "pad_mult": "0"}, SamplingOptions())
+    assert (got.temperature, got.top_k, got.text_top_k, got.seed) == (0.5, 7, 3, 9)
+    with pytest.raises(ValueError, match="audio_topk='x'"):
+        sampling_from_query({"audio_topk": "x"}, SamplingOptions())

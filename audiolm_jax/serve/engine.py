@@ -115,8 +115,10 @@ class MoshiEngine:
         self._join = jax.jit(join, donate_argnums=(0,))
         self.tokenizer = moshi.text_tokenizer
         self._silent_ids = {TEXT_PAD_ID, TEXT_EPAD_ID}
-        if self.tokenizer is not None:
+        if self.tokenizer is not None:  # control ids and <unk> are never shown as text
             self._silent_ids |= set(self.tokenizer.control_ids)
+            if self.tokenizer.unk_id is not None:
+                self._silent_ids.add(self.tokenizer.unk_id)
 
     def join(self, slot: int, sampling, seed: int = 0) -> None:
         """Slot ``slot`` starts a new conversation: fresh generator and Mimi states, the PRNG

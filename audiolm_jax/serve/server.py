@@ -38,6 +38,7 @@ log = logging.getLogger("audiolm_jax.serve")
 
 SILENCE_GRACE_S = 0.24  # three frames of jitter before the server fills in silence
 MAX_OUTBOX = 250  # messages queued for a client that does not read (~10 s of replies)
+MAX_BUFFERED_S = 60.0  # audio a client may send ahead of the conversation (``chat --fast``)
 CATCH_UP_SHARE = 0.75  # extra catch-up rounds only while the tick has used less than this
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # What the page may fetch: the files present at start-up, by bare name (no paths, no "..").
@@ -59,27 +60,34 @@ class SamplingOptions:
 
 _QUERY_FIELDS = {"temperature": float, "top_k": int, "text_temperature": float,
                  "text_top_k": int, "seed": int}
+# The names Kyutai's web client sends for the same settings (its other keys are ignored).
+_QUERY_ALIASES = {"audio_temperature": "temperature", "audio_topk": "top_k",
+                  "text_topk": "text_top_k", "audio_seed": "seed"}
 
 
 def sampling_from_query(query, defaults: SamplingOptions) -> SamplingOptions:
     """URL query (``?temperature=&top_k=&text_temperature=&text_top_k=&seed=``) over the
-    server's defaults; a bad value -> ValueError with the reason. Other keys are ignored
-    (Kyutai's web client sends its own, e.g. ``audio_topk``)."""
+    server's defaults; a bad value -> ValueError with the reason. Kyutai's web client's names
+    (``audio_temperature``, ``audio_topk``, ``text_topk``, ``audio_seed``) are taken too;
+    other keys are ignored."""
     changes = {}
     for name, kind in _QUERY_FIELDS.items():
-        if name not in query:
+        given = [n for n in (name, *(a for a, t in _QUERY_ALIASES.items() if t == name))
+                 if n in query]
+        if not given:
             continue
-        raw = query.get(name)
+        label = given[0]
+        raw = query.get(label)
         try:
             value = kind(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"query {name}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+            raise ValueError(f"query {label}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
         if kind is float and not (math.isfinite(value) and 0 <= value <= 100):
-            raise ValueError(f"query {name}={raw!r} must be a finite number in [0, 100] (0 = greedy)")
+            raise ValueError(f"query {label}={raw!r} must be a finite number in [0, 100] (0 = greedy)")
         if name.endswith("top_k") and not 0 <= value <= 1_000_000:
-            raise ValueError(f"query {name}={raw!r} must be in [0, 1000000] (0 = no cut)")
+            raise ValueError(f"query {label}={raw!r} must be in [0, 1000000] (0 = no cut)")
         if name == "seed" and not 0 <= value < 2 ** 32:
-            raise ValueError(f"query seed={raw!r} must be in [0, 2**32)")
+            raise ValueError(f"query {label}={raw!r} must be in [0, 2**32)")
         changes[name] = value
     return dataclasses.replace(defaults, **changes)
 
@@ -229,6 +237,10 @@ class MoshiServer:
         self.frame_s = engine.hop / engine.sample_rate
         self.slow_frames = 0
 
+    def slots_in_use(self) -> int:
+        """Sessions holding a slot, including ones still joining (not yet in ``sessions``)."""
+        return self.engine.slots - len(self._free_slots)
+
     # -------------------------------------------------------------- aiohttp
     def app(self):
         from aiohttp import web
@@ -352,6 +364,9 @@ class MoshiServer:
             session.last_recv = time.monotonic()
             if msg.kind == Kind.AUDIO:
                 session.push_audio(session.opus_in(msg.payload))
+                if session.buffered > MAX_BUFFERED_S * self.engine.sample_rate:
+                    session.fail(f"audio flood: over {MAX_BUFFERED_S:g} s of audio sent ahead "
+                                 "of the conversation")
             elif not session.admit_control():
                 session.fail(f"{msg.kind.name.lower()} flood: over {session.CONTROL_BURST} "
                              f"non-audio messages at once (the limit is "

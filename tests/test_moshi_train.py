@@ -188,9 +188,10 @@ def test_resume_lora_finetune_and_export(token_dir, tmp_path, monkeypatch):
     from audiolm_jax.moshi.run import load_moshi, train_moshi
     from audiolm_jax.tasks import TASKS
 
+    from audiolm_jax.train.loop import Preempted
+    from audiolm_jax.train.preemption import PreemptionWatch
+
     def config(**train):
-        # The first 6 steps are warmup, whose learning rate does not depend on num_steps, so
-        # a 6-step run resumed to 12 follows the 12-step run's schedule.
         c = tiny_config(token_dir, **train)
         c.optim.warmup_steps = 6
         return c
@@ -199,7 +200,11 @@ def test_resume_lora_finetune_and_export(token_dir, tmp_path, monkeypatch):
     summary = train_moshi(config(num_steps=12, checkpoint_every=6), whole)
     assert summary["text_loss"] < 0.8 * summary["first_text_loss"], summary
     parts = str(tmp_path / "parts")
-    train_moshi(config(num_steps=6, checkpoint_every=6), parts)
+    # Preempted after step 6 (as by a SIGTERM), then the same command again: one program.
+    with monkeypatch.context() as m:
+        m.setattr(PreemptionWatch, "requested", lambda self, step: step == 6)
+        with pytest.raises(Preempted):
+            train_moshi(config(num_steps=12, checkpoint_every=6), parts)
     train_moshi(config(num_steps=12, checkpoint_every=6), parts)
     for a, b in zip(jax.tree.leaves(_params(whole)), jax.tree.leaves(_params(parts))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

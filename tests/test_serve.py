@@ -140,6 +140,8 @@ def test_two_sessions_at_once_each_as_if_alone(server):
     np.testing.assert_array_equal(a["reply"], alone["reply"])
     assert a["text"] == alone["text"]
     assert not np.array_equal(a["reply"], b["reply"])  # other seeds, other voices
+    # Sessions came and went with other seeds and settings: still the warm-up's one program.
+    assert server.server.engine._frame._cache_size() == 1
 
 
 def test_busy_when_full(server):

@@ -55,10 +55,12 @@ def _run(config, devices, batches):
     return jax.device_get(state), losses
 
 
-@pytest.mark.parametrize("make_config", [tiny_cnn_config, tiny_soundstream_config])
-def test_sharded_step_equals_unsharded(make_config):
+def test_sharded_step_equals_unsharded():
+    """The adversarial codec step (SEANet generator, discriminators, EMA RVQ) on 8 devices
+    equals 1. (The article's CNN codec runs the same loop and layers; its own sharded run
+    was dropped for CI time, 37 s.)"""
     assert jax.device_count() == 8
-    config = make_config()
+    config = tiny_soundstream_config()
     batches = _batches(3, 8, config.data.crop_length)
     one, losses1 = _run(config, jax.devices()[:1], batches)
     eight, losses8 = _run(config, jax.devices(), batches)

@@ -247,6 +247,7 @@ class MoshiServer:
 
         app = web.Application()
         app.router.add_get("/api/chat", self.handle_chat)
+        app.router.add_route("*", "/api/chat", self.handle_not_websocket)  # POST, PUT, ...
         app.router.add_get("/", self.handle_static)
         app.router.add_get("/static/{name}", self.handle_static)
         app.on_startup.append(self._start_loop)
@@ -287,6 +288,15 @@ class MoshiServer:
         if path is None:
             raise web.HTTPNotFound(text=f"no static file {name!r}")
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    async def handle_not_websocket(self, request):
+        """Any method but GET on the websocket path: a logged one-line refusal (405)."""
+        from aiohttp import web
+
+        log.warning("refused %s: plain HTTP %s %s, not a websocket upgrade",
+                    request.remote or "?", request.method, request.path)
+        raise web.HTTPMethodNotAllowed(request.method, ["GET"],
+                                       text="/api/chat speaks websocket only\n")
 
     async def handle_chat(self, request):
         from aiohttp import WSMsgType, web

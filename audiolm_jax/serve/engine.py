@@ -94,10 +94,15 @@ class MoshiEngine:
         self.max_steps = None if cfg.context else UNBOUNDED_CONTEXT_FRAMES
         self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(moshi.params))
         streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
-        self.codec_vars = streamer.variables
+        # Everything on one device with one kind of sharding: a restored codec's arrays carry
+        # its training mesh, and states that pick it up at the first step would be a new
+        # input type for the next (a second compile).
+        one_device = functools.partial(jax.device_put, device=jax.devices()[0])
+        self.params = one_device(self.params)
+        self.codec_vars = one_device(streamer.variables)
         # A slot's fresh states: the generator's (its key set at join) and Mimi's.
-        self._fresh = (fresh_slot_state(cfg, 0, self.max_steps), streamer.init_encoder_state(),
-                       streamer.init_decoder_state())
+        self._fresh = one_device((fresh_slot_state(cfg, 0, self.max_steps),
+                                  streamer.init_encoder_state(), streamer.init_decoder_state()))
         self.states = jax.tree.map(lambda x: jnp.stack([x] * self.slots), self._fresh)
         from audiolm_jax.moshi.generate import Sampling, SlotSampling
 

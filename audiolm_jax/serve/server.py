@@ -38,6 +38,9 @@ log = logging.getLogger("audiolm_jax.serve")
 
 SILENCE_GRACE_S = 0.24  # three frames of jitter before the server fills in silence
 MAX_OUTBOX = 250  # messages queued for a client that does not read (~10 s of replies)
+# asyncio accepts up to ``backlog`` connections in one go (one callback): a burst of 100
+# connections then held the event loop, and every session's audio, for ~0.4 s.
+ACCEPT_BATCH = 16
 MAX_BUFFERED_S = 60.0  # audio a client may send ahead of the conversation (``chat --fast``)
 CATCH_UP_SHARE = 0.75  # extra catch-up rounds only while the tick has used less than this
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -489,7 +492,7 @@ async def start(server: MoshiServer, host: str = "127.0.0.1", port: int = 0,
 
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=ACCEPT_BATCH)
     await site.start()
     bound = runner.addresses[0][1]
     return runner, bound

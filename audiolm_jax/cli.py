@@ -88,6 +88,9 @@ flags.DEFINE_integer("max_sessions", 4, "serve: conversations at once; one more 
 flags.DEFINE_float("idle_timeout", 30.0, "serve: close a session whose client sends nothing "
                    "for this many seconds.")
 flags.DEFINE_string("auth_token", None, "serve: clients must pass ?token=THIS (else HTTP 401).")
+flags.DEFINE_list("allowed_origins", [], "serve: web pages of other origins that may open the "
+                  "websocket (e.g. https://host:port of a separately hosted client; '*': any). "
+                  "Default: only this server's own page and non-browser clients.")
 flags.DEFINE_string("ssl_cert", None, "serve: TLS certificate (PEM; with --ssl_key: wss://).")
 flags.DEFINE_string("ssl_key", None, "serve: TLS private key (PEM).")
 flags.DEFINE_string("url", None, "chat: the server, ws://HOST:PORT/api/chat[?token=...].")
@@ -318,7 +321,8 @@ def cmd_serve(argv):
         top_k=FLAGS.top_k if FLAGS["top_k"].present else 250,
         text_temperature=FLAGS.text_temperature, text_top_k=FLAGS.text_top_k, seed=FLAGS.seed)
     options = ServeOptions(max_sessions=FLAGS.max_sessions, idle_timeout=FLAGS.idle_timeout,
-                           auth_token=FLAGS.auth_token, sampling=sampling)
+                           auth_token=FLAGS.auth_token,
+                           allowed_origins=tuple(FLAGS.allowed_origins), sampling=sampling)
     logger = std_logging.getLogger("audiolm_jax.serve")
     logger.setLevel(std_logging.INFO)
     if not logger.handlers:

@@ -260,3 +260,40 @@ def test_query_takes_kyutai_web_client_names():
     assert (got.temperature, got.top_k, got.text_top_k, got.seed) == (0.5, 7, 3, 9)
     with pytest.raises(ValueError, match="audio_topk='x'"):
         sampling_from_query({"audio_topk": "x"}, SamplingOptions())
+
+
+def test_only_this_servers_page_may_open_the_websocket(server):
+    """A page from another site (its Origin header) gets 403 and a logged reason; the server's
+    own page and clients without an Origin (scripts) are served."""
+    port = server.port
+
+    async def connect(origin):
+        headers = {"Origin": origin} if origin else {}
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.ws_connect(server.url(q()), headers=headers) as ws:
+                    return (await ws.receive(timeout=30)).data[0]
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status
+
+    server.wait_idle()
+    assert asyncio.run(connect("https://evil.example")) == 403
+    assert asyncio.run(connect(f"http://127.0.0.1:{port}")) == Kind.HANDSHAKE
+    server.wait_idle()
+    assert asyncio.run(connect(None)) == Kind.HANDSHAKE
+
+
+def test_allowed_origins_option(moshi_dir):
+    from types import SimpleNamespace
+
+    from audiolm_jax.serve.server import MoshiServer, ServeOptions
+
+    def allowed(origins, origin):
+        srv = MoshiServer.__new__(MoshiServer)
+        srv.options = ServeOptions(allowed_origins=origins)
+        return srv._origin_allowed(SimpleNamespace(headers={"Origin": origin},
+                                                   host="127.0.0.1:8998"))
+
+    assert allowed((), "http://127.0.0.1:8998") and not allowed((), "http://other:8998")
+    assert allowed(("https://client.example",), "https://client.example")
+    assert allowed(("*",), "https://anything.example")

@@ -41,7 +41,7 @@ async def chat_async(url: str, audio: np.ndarray, *, fast: bool = False,
     expected = len(audio)
     writer, reader = sphn.OpusStreamWriter(OPUS_RATE), sphn.OpusStreamReader(OPUS_RATE)
     received: list[np.ndarray] = []
-    state = {"samples": 0, "error": None, "meta": {}, "closed": False}
+    state = {"samples": 0, "error": None, "meta": {}, "closed": False, "complete": False}
     frame_done: list[float] = []  # time each reply frame was complete
     pieces: list[tuple[float, str]] = []
     sent_at: list[float] = []
@@ -81,8 +81,11 @@ async def chat_async(url: str, audio: np.ndarray, *, fast: bool = False,
                             while (len(frame_done) + 1) * OPUS_FRAME <= state["samples"]:
                                 frame_done.append(now)
                             if state["samples"] >= expected:
+                                state["complete"] = True
                                 done.set()
-                    elif kind == Kind.TEXT:
+                    elif kind == Kind.TEXT and not state["complete"]:
+                        # (A frame's text comes before its audio: the pieces kept are exactly
+                        # those of the frames the reply holds, however fast the server ran on.)
                         pieces.append((time.monotonic() - t_start, payload.decode("utf-8", "replace")))
                     elif kind == Kind.METADATA:
                         state["meta"] = protocol.parse(msg.data).json()

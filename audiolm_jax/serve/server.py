@@ -100,6 +100,10 @@ class ServeOptions:
     max_sessions: int = 4
     idle_timeout: float = 30.0
     auth_token: Optional[str] = None
+    # Browsers send the page's origin with a websocket: by default only this server's own
+    # page may open one (another site cannot talk to a local server behind the user's back).
+    # Extra origins (e.g. a separately hosted Kyutai client), or "*" for any.
+    allowed_origins: tuple = ()
     max_message_bytes: int = protocol.MAX_MESSAGE_BYTES
     sampling: SamplingOptions = dataclasses.field(default_factory=SamplingOptions)
 
@@ -274,6 +278,16 @@ class MoshiServer:
     async def _compute(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def _origin_allowed(self, request) -> bool:
+        """No Origin header (scripts, ``chat``), this server's own page, or a listed origin."""
+        origin = request.headers.get("Origin")
+        allowed = self.options.allowed_origins
+        if origin is None or "*" in allowed or origin in allowed:
+            return True
+        from urllib.parse import urlsplit
+
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+
     def _authorized(self, request) -> bool:
         token = self.options.auth_token
         if not token:
@@ -305,6 +319,11 @@ class MoshiServer:
         from aiohttp import WSMsgType, web
 
         peer = request.remote or "?"
+        if not self._origin_allowed(request):
+            origin = protocol.one_line(request.headers.get("Origin", ""), 100)
+            log.warning("refused %s: page origin %s is not this server's (--allowed_origins)",
+                        peer, origin)
+            raise web.HTTPForbidden(text=f"origin {origin} may not open this websocket\n")
         if not self._authorized(request):
             log.warning("refused %s: missing or wrong token", peer)
             raise web.HTTPUnauthorized(text="missing or wrong ?token=")
@@ -446,10 +465,10 @@ class MoshiServer:
             if err:
                 s.fail(err, logging.ERROR)
                 continue
+            if piece:  # text first, as Kyutai's server sends it (its audio waits on Opus)
+                s.send(protocol.text(piece))
             if pages:
                 s.send(protocol.audio(pages))
-            if piece:
-                s.send(protocol.text(piece))
         return len(jobs)
 
     async def _frame_loop(self) -> None:

@@ -543,8 +543,13 @@ def serve(workdir: str, host: str = "127.0.0.1", port: int = 8998, *,
         log.info("serving %s://%s:%d/api/chat (max %d sessions)", scheme, host, bound,
                  options.max_sessions)
         print(f"serving {scheme}://{host}:{bound}/api/chat", flush=True)
+        stop = asyncio.Event()
+        import signal  # SIGTERM (a service manager's stop): close the sessions and exit cleanly
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
+            log.info("SIGTERM: closing %d session(s) and stopping", len(server.sessions))
         finally:
             await runner.cleanup()
 

@@ -70,9 +70,20 @@ def _compiled(config: MoshiConfig, max_steps: Optional[int]):
     return step, join
 
 
-def slot_sampling(settings) -> SlotSampling:
-    """Stacks per-slot :class:`SlotSampling` values into ``[S]`` arrays."""
-    return SlotSampling(*(np.stack(field) for field in zip(*settings)))
+class SlotSettings:
+    """Every slot's sampling settings, stacked into the ``[S]`` arrays the step takes: built
+    when a slot's settings change (a join), not at every frame."""
+
+    def __init__(self, slots: int):
+        self._each = [SlotSampling.of(Sampling(sampling=False))] * slots
+        self._restack()
+
+    def set(self, slot: int, sampling: Sampling) -> None:
+        self._each[slot] = SlotSampling.of(sampling)
+        self._restack()
+
+    def _restack(self) -> None:
+        self.stacked = SlotSampling(*(jnp.asarray(np.stack(f)) for f in zip(*self._each)))
 
 
 class MoshiSlots:
@@ -91,7 +102,7 @@ class MoshiSlots:
         self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(params))
         one = fresh_slot_state(config, 0, max_steps)
         self.state = jax.tree.map(lambda x: jnp.stack([x] * self.slots), one)
-        self._settings = [SlotSampling.of(Sampling(sampling=False))] * self.slots
+        self.settings = SlotSettings(self.slots)
         self._step, self._join = _compiled(config, max_steps)
         self.frames = np.zeros(self.slots, np.int64)
 
@@ -101,7 +112,7 @@ class MoshiSlots:
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} is not in [0, {self.slots})")
         self.state = self._join(self.state, jnp.int32(slot), jnp.uint32(seed))
-        self._settings[slot] = SlotSampling.of(sampling)
+        self.settings.set(slot, sampling)
         self.frames[slot] = 0
 
     def step(self, user_codes, active=None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +131,6 @@ class MoshiSlots:
             raise ValueError(f"max_steps={self.max_steps} frames already generated")
         self.state, out, valid = self._step(self.params, self.state,
                                             jnp.asarray(codes[:, :need], jnp.int32),
-                                            slot_sampling(self._settings), jnp.asarray(active))
+                                            self.settings.stacked, jnp.asarray(active))
         self.frames += active
         return np.asarray(out), np.asarray(valid)

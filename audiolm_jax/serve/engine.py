@@ -104,9 +104,9 @@ class MoshiEngine:
         self._fresh = one_device((fresh_slot_state(cfg, 0, self.max_steps),
                                   streamer.init_encoder_state(), streamer.init_decoder_state()))
         self.states = jax.tree.map(lambda x: jnp.stack([x] * self.slots), self._fresh)
-        from audiolm_jax.moshi.generate import Sampling, SlotSampling
+        from audiolm_jax.moshi.slots import SlotSettings
 
-        self._settings = [SlotSampling.of(Sampling(sampling=False))] * self.slots
+        self.settings = SlotSettings(self.slots)
         self.frames = np.zeros(self.slots, np.int64)
         self._frame = jax.jit(functools.partial(
             frame_fn, cfg, streamer.model, self.user_levels, streamer.num_levels),
@@ -130,12 +130,10 @@ class MoshiEngine:
         from ``seed``; ``sampling`` (a ``moshi.generate.Sampling``) for this slot only."""
         import jax.numpy as jnp
 
-        from audiolm_jax.moshi.generate import SlotSampling
-
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} is not in [0, {self.slots})")
         self.states = self._join(self.states, self._fresh, jnp.int32(slot), jnp.uint32(seed))
-        self._settings[slot] = SlotSampling.of(sampling)
+        self.settings.set(slot, sampling)
         self.frames[slot] = 0
 
     def step(self, audio: np.ndarray, active: np.ndarray):
@@ -145,8 +143,6 @@ class MoshiEngine:
         are a frame of the reply)."""
         import jax.numpy as jnp
 
-        from audiolm_jax.moshi.slots import slot_sampling
-
         active = np.asarray(active, bool).reshape(self.slots)
         if self.max_steps is not None and (self.frames[active] >= self.max_steps).any():
             full = np.flatnonzero(active & (self.frames >= self.max_steps)).tolist()
@@ -155,7 +151,7 @@ class MoshiEngine:
         self.states, text, pcm, valid = self._frame(
             self.params, self.codec_vars, self.states,
             jnp.asarray(audio, jnp.float32).reshape(self.slots, self.hop),
-            slot_sampling(self._settings), jnp.asarray(active))
+            self.settings.stacked, jnp.asarray(active))
         self.frames += active
         return np.asarray(text), np.asarray(pcm, np.float32), np.asarray(valid)
 

@@ -389,20 +389,27 @@ def test_plain_http_to_the_websocket_path(server, log_lines, method):
 def test_hundred_connections_at_once(server, log_lines):
     """--max_sessions=2: exactly two handshakes, 98 'busy' (0x05 then a clean close)."""
 
-    async def one(http):
+    async def one(http, answered, everyone_answered):
         async with http.ws_connect(server.url()) as ws:
             first = await ws.receive(timeout=60)
+            answered.append(1)
+            if len(answered) == 100:
+                everyone_answered.set()
             kind = first.data[:1] if first.type == aiohttp.WSMsgType.BINARY else first.type
             if kind == bytes([Kind.HANDSHAKE]):
-                await asyncio.sleep(1.0)  # hold the session while the others arrive
+                # Hold the session until every connection has its answer (a fixed sleep was
+                # too short on a busy host: later connections found the slots free again).
+                await asyncio.wait_for(everyone_answered.wait(), timeout=90)
                 return "served", None
             closed = await ws.receive(timeout=30)
             return (bytes(first.data[1:]) if first.type == aiohttp.WSMsgType.BINARY
                     else str(kind)), closed.type
 
     async def all_at_once():
+        answered, everyone_answered = [], asyncio.Event()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            return await asyncio.gather(*(one(http) for _ in range(100)))
+            return await asyncio.gather(*(one(http, answered, everyone_answered)
+                                          for _ in range(100)))
 
     results = asyncio.run(all_at_once())
     served = [r for r in results if r[0] == "served"]

@@ -82,6 +82,11 @@ def parse_args(argv=None):
                         "it applies; 'cudnn_attention' in the output says whether it did) or "
                         "splash (TPU)")
     p.add_argument("--remat", default="none", help="our remat policy (layers/transformer.py)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after timing, trace 3 of our steps with jax.profiler into DIR\n"
+                        "(open with xprof / TensorBoard's profile plugin)")
+    p.add_argument("--hlo_out", default=None, metavar="FILE",
+                   help="write our compiled step's optimised HLO text to FILE")
     return p.parse_args(argv)
 
 
@@ -132,6 +137,9 @@ def prepare_ours(args):
     train_step = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
         params, opt_state, tokens).compile()
     hlo = train_step.as_text()
+    if args.hlo_out:
+        with open(args.hlo_out, "w") as f:
+            f.write(hlo)
     params, opt_state, loss = train_step(params, opt_state, tokens)
     jax.block_until_ready(loss)
     compile_s = time.perf_counter() - t0
@@ -340,6 +348,13 @@ def main(argv=None):
             times.extend(block[name])
         if torch_step is not None:
             ratios.append(statistics.median(block["torch"]) / statistics.median(block["ours"]))
+
+    if args.profile:
+        import jax
+
+        with jax.profiler.trace(args.profile):
+            for _ in range(3):
+                ours_step()
 
     ours = summarize(ours_times, tokens_per_step)
     ours["compile_plus_first_step_s"] = info.pop("compile_plus_first_step_s")

@@ -50,7 +50,7 @@ import numpy as np
 from audiolm_jax.lm.transformer import Transformer, init_cache
 from audiolm_jax.runtime.xla_options import compiler_options
 
-__all__ = ["sample_logits", "sample_with_noise", "step_noise", "scan_steps_with_noise",
+__all__ = ["sample_logits", "sample_token_traced", "sample_with_noise", "step_noise", "scan_steps_with_noise",
            "segment_plan", "grow_cache", "scan_growing_cache", "decode_loop",
            "generate", "generate_cache_size", "check_new_steps", "delay_special_mask",
            "combine_forced", "GREEDY_EPS"]
@@ -92,6 +92,21 @@ def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature=1.0, top_k: 
     noise = jax.random.gumbel(rng, jnp.shape(logits), jnp.float32)
     return sample_with_noise(logits, noise, temperature=temperature, top_k=top_k, top_p=top_p,
                              allowed_vocab=allowed_vocab)
+
+
+def sample_token_traced(key, logits, temperature, top_k):
+    """Logits [..., V] -> int32 [...]: a draw from softmax(top-k logits / temperature) with
+    ``temperature`` and ``top_k`` traced scalars (so per-conversation settings compile
+    nothing). The top-k cut is a threshold at the k-th largest logit (a sort, since k is not
+    static), so ties with it are kept. Greedy where ``temperature <= 0``; top_k 0 keeps all."""
+    logits = logits.astype(jnp.float32)
+    V = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    k = jnp.where((top_k > 0) & (top_k < V), top_k, V)
+    kth = jnp.take(jnp.sort(logits, axis=-1), V - k, axis=-1)
+    kept = jnp.where(logits >= kth[..., None], logits, -jnp.inf)
+    drawn = jax.random.categorical(key, kept / jnp.maximum(temperature, 1e-6), axis=-1)
+    return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
 
 
 def sample_with_noise(logits: jax.Array, gumbel_noise: jax.Array, *, temperature=1.0,

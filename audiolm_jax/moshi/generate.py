@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiolm_jax.layers.transformer import init_cache
+from audiolm_jax.lm.sampling import sample_token_traced
 from audiolm_jax.moshi.config import POSITIONAL, MoshiConfig
 from audiolm_jax.moshi.model import MoshiLM, _lookup, sin_embedding
 
@@ -121,20 +122,6 @@ class SlotSampling(NamedTuple):
         return cls(np.float32(sampling.temperature if on else 0.0), np.int32(sampling.top_k),
                    np.float32(sampling.text_temperature if on else 0.0),
                    np.int32(sampling.text_top_k))
-
-
-def sample_token_traced(key, logits, temperature, top_k):
-    """:func:`sample_token` with traced ``temperature`` and ``top_k`` (scalars): the top-k
-    cut is a threshold at the k-th largest logit (a sort, since k is not static), so ties
-    with it are kept. Greedy where ``temperature <= 0``."""
-    logits = logits.astype(jnp.float32)
-    V = logits.shape[-1]
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    k = jnp.where((top_k > 0) & (top_k < V), top_k, V)
-    kth = jnp.take(jnp.sort(logits, axis=-1), V - k, axis=-1)
-    kept = jnp.where(logits >= kth[..., None], logits, -jnp.inf)
-    drawn = jax.random.categorical(key, kept / jnp.maximum(temperature, 1e-6), axis=-1)
-    return jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
 
 
 def _sampler(sampling):

@@ -115,7 +115,7 @@ commands:
   converse     --workdir=MOSHIDIR --input=USER.wav --out=REPLY.wav [--transcript=REPLY.txt
                --stereo --greedy --temperature T --top_k K --seed N]   Moshi answers a
                recorded user frame by frame, as a live conversation would
-  serve        --workdir=MOSHIDIR [--host=127.0.0.1 --port=8998 --max_sessions=4
+  serve        --workdir=MOSHIDIR|DUPLEXLMDIR [--host=127.0.0.1 --port=8998 --max_sessions=4
                --idle_timeout=30 --auth_token=T --ssl_cert=C --ssl_key=K --greedy
                --temperature T --top_k K --text_temperature T --text_top_k K --seed N]
                real-time duplex server, Kyutai's websocket protocol at /api/chat
@@ -186,7 +186,7 @@ def train_codec(config, workdir: str) -> dict:
             "loss": last.get("loss"), "skipped": skipped}
 
 
-def _model_dir(path: str | None, expected: str, flag: str = "workdir") -> str:
+def _model_dir(path: str | None, expected, flag: str = "workdir") -> str:
     """A trained model's folder: it must exist and hold the expected kind of model."""
     from audiolm_jax.workdir import check_workdir_holds
 
@@ -310,7 +310,7 @@ def cmd_serve(argv):
     from audiolm_jax.serve.server import SamplingOptions, ServeOptions, serve
 
     _positional(argv, [])
-    workdir = _model_dir(FLAGS.workdir, "moshi")
+    workdir = _model_dir(FLAGS.workdir, ("moshi", "lm"))
     for name in ("ssl_cert", "ssl_key"):
         if FLAGS[name].value:
             _require_file(FLAGS[name].value)

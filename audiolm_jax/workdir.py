@@ -134,17 +134,20 @@ def write_export_info(path: str, info: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_task(workdir: str, saved: dict, expected: str, flag: str) -> None:
+def _check_task(workdir: str, saved: dict, expected, flag: str) -> None:
     task = saved.get("task")
-    if task is not None and task != expected:
+    kinds = (expected,) if isinstance(expected, str) else tuple(expected)
+    if task is not None and task not in kinds:
+        wanted = " or ".join(KINDS.get(k, repr(k)) for k in kinds)
         raise ConfigError(
-            f"{flag} {workdir!r} holds {KINDS.get(task, repr(task))}, not "
-            f"{KINDS.get(expected, repr(expected))}; give the {expected} workdir")
+            f"{flag} {workdir!r} holds {KINDS.get(task, repr(task))}, not {wanted}; give "
+            f"the {' or '.join(kinds)} workdir")
 
 
-def check_workdir_holds(workdir: str, expected: str, flag: str = "--workdir") -> str:
+def check_workdir_holds(workdir: str, expected, flag: str = "--workdir") -> str:
     """For commands that load a trained model: the folder exists and, if it has a
-    config.json, that config is of the ``expected`` task ('codec', 'lm'). Returns ``workdir``.
+    config.json, that config is of the ``expected`` task ('codec', 'lm'; or a tuple of those
+    a command takes). Returns ``workdir``.
     Remote paths (``gs://...``) are left to the loader."""
     if "://" in workdir:
         return workdir

@@ -43,24 +43,12 @@ def fast_init(init, *args, seed=0):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def tiny_moshi_workdir(root, user_seconds: float = 2.0):
-    """A Moshi workdir as ``import-moshi`` writes it, from random Kyutai-layout weights
-    (``MoshiConfig.tiny`` over 4 + 4 codebooks of 256), naming a random Mimi-like 12.5 Hz codec
-    (``quickstart_mimi_config``) and the lexicon's text tokenizer; plus a 16 kHz user WAV of
-    ``user_seconds``. -> (moshi workdir, user.wav, text tokenizer path). About 7 s."""
-    import json
-
-    from safetensors.numpy import save_file
-
+def tiny_mimi_codec_dir(root):
+    """A random Mimi-like 12.5 Hz, 16 kHz codec workdir (``quickstart_mimi_config``, as
+    ``import-mimi`` writes one) at ``root/codec``, its codebooks random. -> its path."""
     from audiolm_jax.codec.config import quickstart_mimi_config
     from audiolm_jax.codec.mimi.importer import write_workdir
     from audiolm_jax.codec.model import build_codec, hop_length
-    from audiolm_jax.data.audio_io import save_wav
-    from audiolm_jax.data.lexicon import write_lexicon_tokenizer
-    from audiolm_jax.moshi import MoshiConfig, param_shapes, to_kyutai
-    from audiolm_jax.moshi.run import import_moshi
-    from audiolm_jax.moshi.task import moshi_delays
-    from audiolm_jax.text import TextTokenizer
     from audiolm_jax.train.loop import strip_boxes
 
     config = quickstart_mimi_config()
@@ -76,6 +64,26 @@ def tiny_moshi_workdir(root, user_seconds: float = 2.0):
         if "codebook" in str(p[-1]) else x, v["vq_stats"])
     codec_dir = str(root / "codec")
     write_workdir(config, v["params"], v["vq_stats"], codec_dir)
+    return codec_dir
+
+
+def tiny_moshi_workdir(root, user_seconds: float = 2.0):
+    """A Moshi workdir as ``import-moshi`` writes it, from random Kyutai-layout weights
+    (``MoshiConfig.tiny`` over 4 + 4 codebooks of 256), naming a random Mimi-like 12.5 Hz codec
+    (``quickstart_mimi_config``) and the lexicon's text tokenizer; plus a 16 kHz user WAV of
+    ``user_seconds``. -> (moshi workdir, user.wav, text tokenizer path). About 7 s."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from audiolm_jax.data.audio_io import save_wav
+    from audiolm_jax.data.lexicon import write_lexicon_tokenizer
+    from audiolm_jax.moshi import MoshiConfig, param_shapes, to_kyutai
+    from audiolm_jax.moshi.run import import_moshi
+    from audiolm_jax.moshi.task import moshi_delays
+    from audiolm_jax.text import TextTokenizer
+
+    codec_dir = tiny_mimi_codec_dir(root)
     spm = write_lexicon_tokenizer(root)
     cfg = MoshiConfig.tiny(card=256, n_q=8, dep_q=4, text_card=TextTokenizer.load(spm).vocab_size,
                            delays=moshi_delays(8, 4), depformer_weights_per_step_schedule=None)
@@ -91,6 +99,46 @@ def tiny_moshi_workdir(root, user_seconds: float = 2.0):
     user = np.sin(np.arange(int(user_seconds * 16000)) * 0.03).astype(np.float32) * 0.3
     save_wav(str(root / "user.wav"), user, 16000)
     return out, str(root / "user.wav"), spm
+
+
+def tiny_duplex_lm_workdir(root, steps: int = 2):
+    """A two-stream depth-layout LM (``configs/lm/duplex.py``, 1-layer) trained ``steps`` steps
+    on two stereo WAVs tokenized by a random tiny Mimi (:func:`tiny_mimi_codec_dir`), 2 levels
+    per stream, a 48-frame context. -> (LM workdir, a 16 kHz user WAV of 1.5 s). ~15 s."""
+    import importlib.util
+    import os
+
+    import soundfile as sf
+
+    from audiolm_jax.lm.run import tokenize, train_lm
+
+    codec_dir = tiny_mimi_codec_dir(root)
+    t = np.arange(16000 * 4) / 16000
+    wavs = []
+    for i in range(2):  # stereo: channel 0 = the model's side, 1 = the user's
+        pair = np.stack([0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t),
+                         0.2 * np.sin(2 * np.pi * (310 + 25 * i) * t) * (t % 1.0 < 0.5)], -1)
+        wavs.append(str(root / f"dialogue_{i}.wav"))
+        sf.write(wavs[-1], pair.astype(np.float32), 16000)
+    tokenize(wavs, str(root / "tokens"), codec_workdir=codec_dir, stereo_streams=True)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "lm", "duplex.py")
+    spec = importlib.util.spec_from_file_location("duplex", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("tiny")
+    c.model.update(num_layers=1, num_heads=2, width=32, context=48, dropout=0.0)
+    c.depth.update(num_layers=1, num_heads=2, width=16)
+    c.tokens.num_levels = 2
+    c.loss.level_weights = (100.0, 1.0)  # Moshi's semantic x100, per stream
+    c.data.tokens = str(root / "tokens")
+    c.train.update(num_steps=steps, batch_size=8, checkpoint_every=steps, log_every=1,
+                   progress=False, async_checkpoints=False)
+    workdir = str(root / "duplex")
+    train_lm(c, workdir)
+    user = (0.3 * np.sin(np.arange(24000) * 0.03)).astype(np.float32)
+    sf.write(str(root / "user.wav"), user, 16000)
+    return workdir, str(root / "user.wav")
 
 
 class ServerThread:

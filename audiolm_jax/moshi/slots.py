@@ -72,18 +72,21 @@ def _compiled(config: MoshiConfig, max_steps: Optional[int]):
 
 class SlotSettings:
     """Every slot's sampling settings, stacked into the ``[S]`` arrays the step takes: built
-    when a slot's settings change (a join), not at every frame."""
+    when a slot's settings change (a join), not at every frame. ``convert`` turns a
+    :class:`Sampling` into the step's NamedTuple of scalars (default :meth:`SlotSampling.of`)."""
 
-    def __init__(self, slots: int):
-        self._each = [SlotSampling.of(Sampling(sampling=False))] * slots
+    def __init__(self, slots: int, convert=SlotSampling.of):
+        self._convert = convert
+        self._each = [convert(Sampling(sampling=False))] * slots
         self._restack()
 
     def set(self, slot: int, sampling: Sampling) -> None:
-        self._each[slot] = SlotSampling.of(sampling)
+        self._each[slot] = self._convert(sampling)
         self._restack()
 
     def _restack(self) -> None:
-        self.stacked = SlotSampling(*(jnp.asarray(np.stack(f)) for f in zip(*self._each)))
+        first = self._each[0]
+        self.stacked = type(first)(*(jnp.asarray(np.stack(f)) for f in zip(*self._each)))
 
 
 class MoshiSlots:

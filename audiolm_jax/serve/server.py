@@ -1,10 +1,11 @@
-"""``audiolm-jax serve``: a Moshi workdir behind Kyutai's websocket protocol (``/api/chat``).
+"""``audiolm-jax serve``: a Moshi workdir, or a two-stream depth LM of this library with its
+streaming Mimi, behind Kyutai's websocket protocol (``/api/chat``).
 
 Every connection is a session that owns one slot of the engine's batch
 (:mod:`audiolm_jax.serve.engine`: per slot, a generator state and Mimi's streaming states;
 its caches reset when it joins, and the slot is freed when it leaves). One frame loop owns
 the model: every 80 ms it runs one compiled step for all sessions at once (Mimi encode ->
-Moshi step -> Mimi decode) on a single compute thread, so the event loop stays free for the
+LM step -> Mimi decode) on a single compute thread, so the event loop stays free for the
 sockets, and warns with the measured time when a step takes longer than a frame. A session
 whose client sent more than one frame (``chat --fast``, or network jitter) catches up in
 extra steps within the same tick while the tick has time left; the others stand still then.
@@ -30,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from audiolm_jax.serve import protocol
-from audiolm_jax.serve.engine import MoshiEngine
+from audiolm_jax.serve.engine import DepthLMEngine, MoshiEngine
 from audiolm_jax.serve.opus import OPUS_FRAME, OPUS_RATE, OpusDecoder, OpusEncoder
 from audiolm_jax.serve.protocol import Kind, ProtocolError
 
@@ -234,7 +235,7 @@ class Session:
 
 # ----------------------------------------------------------------------------- server
 class MoshiServer:
-    def __init__(self, engine: MoshiEngine, options: ServeOptions):
+    def __init__(self, engine, options: ServeOptions):
         self.engine, self.options = engine, options
         self.sessions: dict[int, Session] = {}
         self._free_slots = list(range(engine.slots))[::-1]  # the engine's batch rows
@@ -493,11 +494,32 @@ class MoshiServer:
 
 
 # ----------------------------------------------------------------------------- entry points
+def load_engine(workdir: str, slots: int, moshi=None):
+    """The engine of a workdir: a Moshi's, or a two-stream depth LM's (ValueError, one line,
+    for anything else)."""
+    from audiolm_jax import workdir as workdir_lib
+
+    if moshi is not None:
+        return MoshiEngine(moshi, slots=slots)
+    if "://" not in workdir and not os.path.isfile(os.path.join(workdir,
+                                                               workdir_lib.CONFIG_FILE)):
+        raise FileNotFoundError(f"--workdir {workdir!r} has no {workdir_lib.CONFIG_FILE}")
+    kind = workdir_lib.model_kind(workdir)
+    if kind == "moshi":
+        from audiolm_jax.moshi.run import load_moshi
+
+        return MoshiEngine(load_moshi(workdir), slots=slots)
+    if kind == "lm":
+        from audiolm_jax.lm.run import LoadedLM
+
+        return DepthLMEngine(LoadedLM(workdir), slots=slots)
+    raise ValueError(f"--workdir {workdir!r} holds {workdir_lib.KINDS[kind]}; serve takes a "
+                     "Moshi or a two-stream depth LM")
+
+
 def build_server(workdir: str, options: ServeOptions, moshi=None) -> MoshiServer:
     """Loads the workdir, compiles and warms the step, -> a server ready for its first client."""
-    from audiolm_jax.moshi.run import load_moshi
-
-    engine = MoshiEngine(moshi or load_moshi(workdir), slots=options.max_sessions)
+    engine = load_engine(workdir, options.max_sessions, moshi)
     took = engine.warmup()
     log.info("model ready (warm-up %.1f s): %d Hz codec, %d-sample frames, delay %d frames, "
              "%d session slots", took, engine.sample_rate, engine.hop, engine.delay, engine.slots)

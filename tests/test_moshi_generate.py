@@ -206,31 +206,3 @@ def test_one_compiled_call_per_step():
     for s in range(20, 30):
         gen.step(user[:, :, s:s + 1])
     assert fn._cache_size() == 1
-
-
-def test_slots_joining_later_equal_their_own_generators():
-    """A server's batch: row 1 starts a conversation 11 frames after row 0 (reset_slot, past
-    the 8-frame window, so its ring holds the previous stream's keys) and row 0 restarts at
-    frame 23; each row's frames equal a batch-1 generator run on its stream alone (greedy),
-    with one compiled step throughout."""
-    cfg = MoshiConfig.tiny()
-    params = _random_params(cfg)
-    steps = 34
-    user = _user(cfg, 2, steps, seed=5)
-    joins = {1: 11, 0: 23}
-    gen = MoshiGenerator(cfg, params, batch_size=2)
-    compiled = compiled_step(cfg, gen.sampling)._cache_size()
-    got = {0: [], 1: []}
-    for t in range(steps):
-        for row, at in joins.items():
-            if t == at:
-                gen.reset_slot(row)
-                got[row] = []
-        out, valid = gen.step_slots(user[:, :, t:t + 1])
-        for row in (0, 1):
-            if valid[row]:
-                got[row].append(out[row])
-    assert compiled_step(cfg, gen.sampling)._cache_size() <= compiled + 1  # one program
-    for row, at in joins.items():
-        alone = generate(cfg, params, user[row:row + 1, :, at:])
-        np.testing.assert_array_equal(np.concatenate(got[row], axis=-1), alone[0])

@@ -83,16 +83,6 @@ def init_state(config: MoshiConfig, batch_size: int, seed: int = 0,
     return GenState(kv, tokens, jnp.zeros((batch_size,), jnp.int32), jax.random.PRNGKey(seed))
 
 
-def reset_rows(config: MoshiConfig, state: GenState, rows) -> GenState:
-    """``state`` with batch rows ``rows`` back at the start of a conversation (a server's
-    session joining a slot). Only the offset and the token ring are reset: the KV ring's old
-    entries are masked by position (a row at offset 0 sees no earlier slot), so nothing is
-    cleared."""
-    rows = jnp.asarray(rows, jnp.int32)
-    tokens = state.tokens.at[rows].set(config.ungenerated_token_id)
-    return state._replace(tokens=tokens, offset=state.offset.at[rows].set(0))
-
-
 def sample_token(key, logits, use_sampling: bool, temperature: float, top_k: int):
     """Kyutai's ``sample_token`` for logits [..., V] -> int32 [...]: argmax when greedy, else
     a draw from softmax(top-k logits / temperature). The ``top_k`` largest probabilities are
@@ -225,9 +215,6 @@ def step_fn(config: MoshiConfig, sampling, params, state: GenState, user_codes):
     return GenState(kv, tokens, o, key), output, o > max_delay(cfg)
 
 
-_reset = jax.jit(reset_rows, static_argnums=0, donate_argnums=1)
-
-
 @functools.lru_cache(maxsize=32)
 def compiled_step(config: MoshiConfig, sampling: Sampling):
     """The jitted :func:`step_fn` for a config and sampling options (shared by generators
@@ -270,30 +257,11 @@ class MoshiGenerator:
             self.seed = seed
         self.state = init_state(self.config, self.batch_size, self.seed, self.max_steps)
         self.frames = 0
-        self.slot_frames = np.zeros(self.batch_size, np.int64)
 
     @property
     def offset(self) -> int:
         """Steps taken since the last reset (LMGen's ``offset_cpu``)."""
         return self.frames
-
-    def reset_slot(self, slot: int) -> None:
-        """Batch row ``slot`` starts a new conversation at the next step; the other rows go
-        on (a server's sessions come and go without a new compile). Needs a ``context``
-        (the ring cache keeps a position per row)."""
-        if not self.config.context:
-            raise ValueError("reset_slot needs a sliding-window model (context set)")
-        self.state = _reset(self.config, self.state, jnp.asarray([slot], jnp.int32))
-        self.slot_frames[slot] = 0
-
-    def step_slots(self, user_codes) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`step` for rows at different points of their conversations: ->
-        (int32 ``[B, 1 + dep_q, 1]``, bool ``[B]``: the rows whose output is a frame yet)."""
-        codes = self._check(user_codes)
-        self.state, out, valid = self._step(self.params, self.state, codes)
-        self.frames += 1
-        self.slot_frames += 1
-        return np.asarray(out), np.asarray(valid)
 
     def _check(self, user_codes) -> jax.Array:
         cfg = self.config
@@ -303,7 +271,7 @@ class MoshiGenerator:
                 or codes.shape[2] != 1):
             raise ValueError(f"user_codes must be [B={self.batch_size}, n_q - dep_q = {need}, "
                              f"1], got shape {codes.shape}")
-        if self.max_steps is not None and self.slot_frames.max() >= self.max_steps:
+        if self.max_steps is not None and self.frames >= self.max_steps:
             raise ValueError(f"max_steps={self.max_steps} frames already generated")
         return jnp.asarray(codes[:, :need], jnp.int32)
 
@@ -311,10 +279,12 @@ class MoshiGenerator:
         """The user's codebooks of one frame, int ``[B, n_q - dep_q, 1]`` -> None for the
         first ``max(delays)`` steps, then int32 ``[B, 1 + dep_q, 1]`` (text token, then the
         model's audio codes) of frame ``offset - 1 - max(delays)``."""
-        out, valid = self.step_slots(user_codes)
-        if not valid.all():
+        codes = self._check(user_codes)
+        self.state, out, valid = self._step(self.params, self.state, codes)
+        self.frames += 1
+        if not bool(np.asarray(valid).all()):
             return None
-        return out
+        return np.asarray(out)
 
 
 def generate(config: MoshiConfig, params, user_codes, **kwargs) -> np.ndarray:

@@ -13,8 +13,7 @@ leading axis and stepped by ``jax.vmap`` of the streaming ``step_fn``, so:
   PRNG key. The step still writes its rings, but only cells its next real step, at the same
   offset, overwrites before reading, so a paused slot resumes exactly where it stopped.
 
-Unlike :meth:`MoshiGenerator.reset_slot` (rows of one batched state), this works for models
-without a sliding window too: every slot keeps its own position.
+Every slot keeps its own position, so this works for models without a sliding window too.
 """
 
 from __future__ import annotations

@@ -206,3 +206,31 @@ def test_one_compiled_call_per_step():
     for s in range(20, 30):
         gen.step(user[:, :, s:s + 1])
     assert fn._cache_size() == 1
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_bfloat16_steps_read_cast_weights_and_give_the_same_frames(scan):
+    """moshi.model.inference_params: a bf16 Moshi's matrices are cast once (norm scales stay
+    float32, also stacked over scanned layers), and the step gives bit-identical frames to one
+    fed the float32 masters, sampled."""
+    import functools
+
+    from audiolm_jax.moshi.generate import init_state, step_fn
+    from audiolm_jax.moshi.model import inference_params
+
+    cfg = MoshiConfig.tiny(dtype=jnp.bfloat16, scan_layers=scan)
+    params = _random_params(cfg)
+    cast = inference_params(cfg, params)
+    for path, b in jax.tree_util.tree_leaves_with_path(cast):
+        assert b.dtype == (jnp.float32 if path[-1].key == "scale" else jnp.bfloat16), path
+    step = jax.jit(functools.partial(step_fn, cfg, Sampling(True, 0.9, 10, 0.9, 10)))
+    user = _user(cfg, 2, 12)
+    outs = []
+    for weights in (params, cast):
+        state, frames = init_state(cfg, 2, seed=4), []
+        for t in range(12):
+            state, out, _ = step(weights, state, user[:, :, t:t + 1])
+            frames.append(np.asarray(out))
+        outs.append(np.concatenate(frames, -1))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert len(np.unique(outs[0][:, 1:])) > 3  # sampled codes, not a constant

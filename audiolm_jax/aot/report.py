@@ -265,6 +265,7 @@ def _moshi_decode_program(task, config: Any, mesh):
 
     from audiolm_jax.layers.transformer import CACHE_AXES
     from audiolm_jax.moshi.generate import Sampling, init_state, step_fn
+    from audiolm_jax.moshi.model import inference_params
 
     m = task.model_config
     abstract, shardings = abstract_state(task, mesh, _RNG)
@@ -283,7 +284,8 @@ def _moshi_decode_program(task, config: Any, mesh):
                                 sharding=mesh_lib.batch_sharding(mesh, 3))
     fn = jax.jit(functools.partial(step_fn, m, Sampling()),
                  in_shardings=(shardings.params, state_sh, user.sharding), donate_argnums=(1,))
-    return fn, (abstract.params, state, user)
+    # The weights as a generator holds them (moshi.model.inference_params: bf16 once).
+    return fn, (inference_params(m, abstract.params), state, user)
 
 
 def _costs(compiled) -> dict:

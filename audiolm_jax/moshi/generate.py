@@ -41,7 +41,7 @@ import numpy as np
 from audiolm_jax.layers.transformer import init_cache
 from audiolm_jax.lm.sampling import sample_token_traced
 from audiolm_jax.moshi.config import POSITIONAL, MoshiConfig
-from audiolm_jax.moshi.model import MoshiLM, _lookup, sin_embedding
+from audiolm_jax.moshi.model import MoshiLM, _lookup, inference_params, sin_embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +240,7 @@ class MoshiGenerator:
                  text_temperature: float = 0.7, text_top_k: int = 25, seed: int = 0,
                  max_steps: Optional[int] = None):
         self.config = config
-        self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(params))
+        self.params = inference_params(config, jax.tree.map(jnp.asarray, nn.meta.unbox(params)))
         self.batch_size = int(batch_size)
         self.sampling = Sampling(bool(sampling), float(temperature), int(top_k),
                                  float(text_temperature), int(text_top_k))

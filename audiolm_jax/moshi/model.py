@@ -259,6 +259,29 @@ class MoshiLM(nn.Module):
 # ----------------------------------------------------------------------------- functions
 
 
+def inference_params(config: MoshiConfig, params):
+    """The weights a generation step reads: every float32 matrix (projections, embedding
+    tables, heads; stacked over layers when scanned) cast once to the compute dtype; norm
+    scales and other vectors kept. MoshiLM casts exactly these arrays to ``config.dtype``
+    before using them, so outputs are bit-identical, while a bfloat16 step no longer reads
+    float32 masters and casts them at every frame (half the weight bytes per frame). Works on
+    arrays and on ``jax.ShapeDtypeStruct`` leaves (an AOT compile's abstract weights)."""
+    dtype = jnp.dtype(config.dtype)
+    if dtype == jnp.float32:
+        return params
+
+    def cast(path, x):
+        name = getattr(path[-1], "key", None)
+        if getattr(x, "dtype", None) != jnp.float32 or len(x.shape) < 2 or name in (
+                "scale", "bias"):  # norms compute in float32 with these (scanned: [L, D])
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+        return x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def logits(config: MoshiConfig, params, codes) -> MoshiOutput:
     """``LMModel.forward`` as a pure function: (unboxed or boxed) ``params`` and undelayed
     ``codes [B, 1 + n_q, T]`` -> :class:`MoshiOutput`."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from audiolm_jax.moshi.config import MoshiConfig
 from audiolm_jax.moshi.generate import GenState, Sampling, SlotSampling, init_state, step_fn
+from audiolm_jax.moshi.model import inference_params
 
 
 def one_slot_step(config: MoshiConfig, params, state: GenState, user_codes,
@@ -101,7 +102,7 @@ class MoshiSlots:
         if slots < 1:
             raise ValueError(f"slots={slots} must be at least 1")
         self.config, self.slots, self.max_steps = config, int(slots), max_steps
-        self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(params))
+        self.params = inference_params(config, jax.tree.map(jnp.asarray, nn.meta.unbox(params)))
         one = fresh_slot_state(config, 0, max_steps)
         self.state = jax.tree.map(lambda x: jnp.stack([x] * self.slots), one)
         self.settings = SlotSettings(self.slots)

@@ -189,6 +189,9 @@ class MoshiEngine(_SlotEngine):
     ``piece(token)`` is a text token's printable piece (None for padding)."""
 
     def __init__(self, moshi, slots: int = 1):
+        import flax.linen as nn
+
+        from audiolm_jax.moshi.model import inference_params
         from audiolm_jax.moshi.slots import SlotSettings, fresh_slot_state
         from audiolm_jax.text.stream import TEXT_EPAD_ID, TEXT_PAD_ID
 
@@ -201,7 +204,8 @@ class MoshiEngine(_SlotEngine):
                           "Moshi")
         self.delay = int(max(cfg.delays))
         self.max_steps = None if cfg.context else UNBOUNDED_CONTEXT_FRAMES
-        self.params = moshi.params
+        # Weights as the step reads them (bf16 once, not cast at every frame).
+        self.params = inference_params(cfg, nn.meta.unbox(moshi.params))
         self.settings = SlotSettings(self.slots)
         self._start(slots, functools.partial(_moshi_step, cfg),
                     fresh_slot_state(cfg, 0, self.max_steps))

@@ -16,7 +16,9 @@ Setups (random weights: timing does not depend on them):
 * ``tiny``: ``configs/lm/moshi.py:tiny`` with the quickstart's codec (12.5 Hz Mimi-like,
   16 kHz, 4 levels of 256), 4 + 4 codebooks, the quickstart's text vocabulary;
 * ``full_mimi``: the released Mimi's sizes (24 kHz, 8 levels of 2048) with
-  ``moshi.py:tiny``'s transformer sizes over 8 + 8 codebooks of 2048.
+  ``moshi.py:tiny``'s transformer sizes over 8 + 8 codebooks of 2048;
+* ``moshi7b`` (``--sessions`` only; an accelerator: ~16 GB of bf16 weights): the released
+  Mimi's and Moshi's sizes, the server's step.
 
 Prints one JSON object: per setup, median and 95th-percentile milliseconds of each part and of
 the whole frame, after ``--warmup`` frames (compilation).
@@ -41,13 +43,14 @@ sys.path.insert(0, REPO)
 
 def _codec(config, batch: int = 1):
     from audiolm_jax.codec.mimi.streaming import MimiStreamer
+    import flax.linen as nn
+
     from audiolm_jax.codec.model import build_codec, hop_length
-    from audiolm_jax.train.loop import strip_boxes
 
     model = build_codec(config)
     hop = hop_length(config)
     audio = jnp.zeros((1, 2 * hop), jnp.float32)
-    v = strip_boxes(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
+    v = nn.meta.unbox(jax.jit(lambda k: model.init({"params": k, "vq": k}, audio))(
         jax.random.PRNGKey(0)))
     return MimiStreamer(config, v["params"], v["vq_stats"], batch=batch), hop
 
@@ -64,6 +67,30 @@ def _moshi(levels: int, card: int, text_card: int):
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), jnp.float32),
                           param_shapes(cfg))
     return cfg, params
+
+
+def _moshi_7b():
+    """Moshi's released sizes (``configs/lm/moshi.py``: 4096 x 32 temporal layers, context
+    3000, depformer 1024 x 6 over 8 steps, 8 + 8 codebooks of 2048, a 32,000-piece text
+    vocabulary), bf16 compute. Random weights are drawn on the device, matrices directly in
+    bf16 (as ``moshi.model.inference_params`` holds them), norm scales 1."""
+    from audiolm_jax.moshi.experiment import base_config
+    from audiolm_jax.moshi.model import param_shapes
+    from audiolm_jax.moshi.task import model_config
+
+    c = base_config()
+    c.model.update(card=2048, text_card=32000, n_q=16, dep_q=8, dtype="bfloat16")
+    cfg = model_config(c)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(param_shapes(cfg))
+
+    def draw(key, i, path, s):
+        if getattr(path[-1], "key", "") == "scale":
+            return jnp.ones(s.shape, jnp.float32)
+        x = jax.random.normal(jax.random.fold_in(key, i), s.shape, jnp.float32) * 0.02
+        return x.astype(cfg.dtype if len(s.shape) >= 2 else jnp.float32)
+
+    make = jax.jit(lambda key: [draw(key, i, p, s) for i, (p, s) in enumerate(leaves)])
+    return cfg, jax.tree_util.tree_unflatten(tree, make(jax.random.PRNGKey(0)))
 
 
 def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
@@ -103,16 +130,17 @@ def run_setup(name: str, codec_config, levels: int, card: int, text_card: int,
 
 
 def run_engine(name: str, codec_config, levels: int, card: int, text_card: int,
-               frames: int, warmup: int, slots: int) -> dict:
+               frames: int, warmup: int, slots: int, moshi_fn=None) -> dict:
     """The server's batched frame (:class:`MoshiEngine.step`), every slot active and
-    sampling with its own seed."""
+    sampling with its own seed. ``moshi_fn() -> (config, params)``: default the tiny sizes
+    over ``levels`` / ``card`` / ``text_card``."""
     from types import SimpleNamespace
 
     from audiolm_jax.moshi.generate import Sampling
     from audiolm_jax.serve.engine import MoshiEngine
 
     streamer, hop = _codec(codec_config)
-    cfg, params = _moshi(levels, card, text_card)
+    cfg, params = moshi_fn() if moshi_fn else _moshi(levels, card, text_card)
     rate = int(codec_config.data.sample_rate)
     codec = SimpleNamespace(config=codec_config, params=streamer.variables["params"],
                             vq_stats=streamer.variables["vq_stats"], num_levels=levels,
@@ -133,7 +161,8 @@ def run_engine(name: str, codec_config, levels: int, card: int, text_card: int,
             times.append(1000 * (time.perf_counter() - t0))
     frame = {"median_ms": round(float(np.median(times)), 3),
              "p95_ms": round(float(np.percentile(times, 95)), 3)}
-    return {"setup": name, "mode": "server_engine", "sessions": slots, "sample_rate": rate,
+    return {"setup": name, "mode": "server_engine", "device": str(jax.devices()[0].device_kind),
+            "sessions": slots, "sample_rate": rate,
             "hop": hop, "frame_ms": round(1000 * hop / rate, 1), "levels_per_stream": levels,
             "card": card, "moshi_dim": cfg.dim, "moshi_layers": cfg.num_layers,
             "context": cfg.context, "frame": frame, "real_time": frame["p95_ms"] < 80.0}
@@ -156,9 +185,12 @@ def main():
         "full_mimi": lambda b: run_setup("full_mimi", mimi_config(8), 8, 2048, 64,
                                          args.frames, args.warmup, b),
     }
-    specs = {"tiny": (quickstart_mimi_config, 4, 256, 64), "full_mimi": (lambda: mimi_config(8), 8, 2048, 64)}
+    specs = {"tiny": (quickstart_mimi_config, 4, 256, 64),
+             "full_mimi": (lambda: mimi_config(8), 8, 2048, 64),
+             "moshi7b": (lambda: mimi_config(8), 8, 2048, 32000)}
     if args.sessions:
-        results = [run_engine(s, specs[s][0](), *specs[s][1:], args.frames, args.warmup, int(n))
+        results = [run_engine(s, specs[s][0](), *specs[s][1:], args.frames, args.warmup, int(n),
+                              _moshi_7b if s == "moshi7b" else None)
                    for s in args.setups.split(",") for n in args.sessions.split(",")]
     else:
         results = [setups[s](int(b)) for s in args.setups.split(",")

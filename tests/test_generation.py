@@ -171,3 +171,31 @@ def test_duplex_pipeline_with_input_stream(tmp_path):
         c1.train.update(num_steps=1, checkpoint_every=1, progress=False, async_checkpoints=False)
         train_lm(c1, str(tmp_path / "lm1"))
         generate_audio(str(tmp_path / "lm1"), paths[0], 0.01, out, input_stream=str(user))
+
+
+@pytest.mark.parametrize("layout", ["flat", "depth"])
+def test_bfloat16_sampling_reads_cast_weights_and_gives_the_same_tokens(layout):
+    """model_kinds.inference_params: a bf16 LM's matrices cast once (embedding tables and
+    norms stay float32) sample exactly the tokens the float32 masters do."""
+    from test_depth import depth_config, random_params
+
+    if layout == "depth":
+        c = depth_config(streams=1)
+    else:
+        c = base_lm_config()
+        c.model.update(num_layers=2, num_heads=2, width=16, context=24, dropout=0.0)
+        c.tokens.update(codebook_size=16, num_levels=2)
+    c.model.dtype = "bfloat16"
+    task = LMTask(c)
+    params = jax.tree.map(np.asarray, random_params(lambda k: task.init_state(k).params, 0.3))
+    cast = task.lm.inference_params(params)
+    for path, x in jax.tree_util.tree_leaves_with_path(cast):
+        name = path[-1].key
+        kept = name in ("scale", "bias", "wte", "wpe", "depth_wte") or x.ndim < 2
+        assert x.dtype == (np.float32 if kept else jax.numpy.bfloat16), path
+    assert any(x.dtype != np.float32 for x in jax.tree.leaves(cast))
+    rows = task.pattern.model_levels
+    prompt = np.random.default_rng(0).integers(0, 16, (2, 3) if rows == 1 else (2, rows, 3))
+    a, b = (np.asarray(task.lm.generate(p, prompt, 6, jax.random.PRNGKey(1), temperature=1.0))
+            for p in (params, cast))
+    np.testing.assert_array_equal(a, b)

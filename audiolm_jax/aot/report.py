@@ -254,7 +254,8 @@ def _decode_program(task, config: Any, mesh):
     fn = jax.jit(step, in_shardings=(shardings.params, tokens.sharding, cache_sh,
                                      index.sharding),
                  donate_argnums=(2,))
-    return fn, (abstract.params, tokens, cache, index)
+    # The weights as sampling holds them (model_kinds: matrices in the compute dtype).
+    return fn, (task.lm.inference_params(abstract.params), tokens, cache, index)
 
 
 def _moshi_decode_program(task, config: Any, mesh):

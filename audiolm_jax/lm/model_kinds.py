@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from audiolm_jax.layers.params import FLOAT32_READ, cast_for_inference
 from audiolm_jax.lm.cross_entropy import chunked_cross_entropy, cross_entropy
 from audiolm_jax.lm.depth import DepthTransformerLM, init_depth_params, make_depth_lm_config
 from audiolm_jax.lm.depth_sampling import generate_depth
@@ -57,6 +58,12 @@ class TransformerKind:
     def generate(self, params, prompt, num_new: int, rng: jax.Array, **kw) -> jax.Array:
         return generate(self.model, params, prompt, num_new, rng, **kw)
 
+    def inference_params(self, params):
+        """Weights for sampling: the matrices in the compute dtype, once (the embedding
+        tables stay float32: the input embedding is summed before its cast)."""
+        return cast_for_inference(params, self.model_config.dtype,
+                                  FLOAT32_READ + ("wte", "wpe"))
+
 
 class DepthKind:
     """Temporal transformer (``model_config``) + depth transformer (config section ``depth``)."""
@@ -90,6 +97,11 @@ class DepthKind:
 
     def generate(self, params, prompt, num_new: int, rng: jax.Array, **kw) -> jax.Array:
         return generate_depth(self.model, params, prompt, num_new, rng, **kw)
+
+    def inference_params(self, params):
+        """As :meth:`TransformerKind.inference_params`; the depth embeddings stay float32 too."""
+        return cast_for_inference(params, self.model_config.dtype,
+                                  FLOAT32_READ + ("wte", "wpe", "depth_wte"))
 
 
 MODEL_KINDS = {"transformer": TransformerKind, "depth": DepthKind}

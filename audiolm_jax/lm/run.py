@@ -288,7 +288,8 @@ def generate_audio(workdir: str, prompt_path: str, seconds: float, out_path: str
         forced[1, :, :n], mask[1, :, :n] = user[:, :n], True
         if n < total:  # the user went quiet: silence's codes, not the model's guess
             forced[1, :, n:], mask[1, :, n:] = _silence_codes(lm, sr, frame_rate, K)[:, :1], True
-    out_codes = sample_frames(task, lm.params, prompt, new_frames, jax.random.PRNGKey(seed),
+    params = task.lm.inference_params(lm.params)  # 16-bit models: matrices cast once
+    out_codes = sample_frames(task, params, prompt, new_frames, jax.random.PRNGKey(seed),
                               forced=forced, mask=mask, temperature=temperature, top_k=top_k,
                               top_p=top_p)
     out_codes = np.clip(out_codes, 0, int(lm.config.tokens.codebook_size) - 1)

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiolm_jax.layers.params import param
+from audiolm_jax.layers.params import cast_for_inference, param
 from audiolm_jax.layers.transformer import ACTIVATION, RMSNorm, TransformerStack, block_num_params
 from audiolm_jax.moshi.config import NORM_EPS, POSITIONAL, MoshiConfig
 
@@ -260,26 +260,11 @@ class MoshiLM(nn.Module):
 
 
 def inference_params(config: MoshiConfig, params):
-    """The weights a generation step reads: every float32 matrix (projections, embedding
-    tables, heads; stacked over layers when scanned) cast once to the compute dtype; norm
-    scales and other vectors kept. MoshiLM casts exactly these arrays to ``config.dtype``
-    before using them, so outputs are bit-identical, while a bfloat16 step no longer reads
-    float32 masters and casts them at every frame (half the weight bytes per frame). Works on
-    arrays and on ``jax.ShapeDtypeStruct`` leaves (an AOT compile's abstract weights)."""
-    dtype = jnp.dtype(config.dtype)
-    if dtype == jnp.float32:
-        return params
-
-    def cast(path, x):
-        name = getattr(path[-1], "key", None)
-        if getattr(x, "dtype", None) != jnp.float32 or len(x.shape) < 2 or name in (
-                "scale", "bias"):  # norms compute in float32 with these (scanned: [L, D])
-            return x
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
-        return x.astype(dtype)
-
-    return jax.tree_util.tree_map_with_path(cast, params)
+    """The weights a generation step reads (:func:`~audiolm_jax.layers.params.
+    cast_for_inference`): the matrices in the compute dtype, cast once instead of at every
+    frame; embedding tables included (:func:`_lookup` casts a table before gathering from
+    it), norm scales kept. Frames are bit-identical."""
+    return cast_for_inference(params, config.dtype)
 
 
 def logits(config: MoshiConfig, params, codes) -> MoshiOutput:

@@ -231,6 +231,7 @@ class DepthLMEngine(_SlotEngine):
     positions, no sliding window)."""
 
     def __init__(self, lm, slots: int = 1):
+        import flax.linen as nn
         import jax
         import jax.numpy as jnp
 
@@ -258,7 +259,7 @@ class DepthLMEngine(_SlotEngine):
         self.user_levels = self.model_levels = spec.levels
         self.delay = spec.max_delay
         self.max_steps = spec.context
-        self.params = lm.params
+        self.params = lm.task.lm.inference_params(nn.meta.unbox(lm.params))
         self.settings = SlotSettings(self.slots, convert=_stream_sampling)
         # The codec's codes of one frame of silence: the model stream's first frame.
         from audiolm_jax.codec.mimi.streaming import MimiStreamer, encode_step

@@ -52,6 +52,10 @@ class LoadedCodec:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         self.config = config
         self.model = build_codec(config)
+        # On one device, whatever mesh the checkpoint was saved from: a training workdir's
+        # arrays (restored onto its training mesh) and an export's (plain arrays) then share
+        # compiled programs (the legacy-workdir tests: 12 s of compiles -> 5).
+        params, vq_stats = jax.device_put((params, vq_stats), jax.devices()[0])
         self.params, self.vq_stats, self.step = params, vq_stats, step
         self.sample_rate = int(config.data.sample_rate)
         self.hop_length = hop_length(config)

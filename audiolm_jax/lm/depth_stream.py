@@ -164,6 +164,12 @@ def slots_step(spec: DepthStream, params, states, user_codes, silence, sampling,
     return states, out[:, 0], valid
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_step(spec: DepthStream):
+    """The jitted :func:`stream_step` of a model, shared by every call for it."""
+    return jax.jit(functools.partial(stream_step, spec))
+
+
 def generate_stream(spec: DepthStream, params, user_codes, silence, *, temperature=0.0,
                     top_k: int = 0, seed: int = 0) -> np.ndarray:
     """:func:`stream_step` over the user's codes ``[B, K, T]`` -> the model's codes int32
@@ -174,7 +180,7 @@ def generate_stream(spec: DepthStream, params, user_codes, silence, *, temperatu
         raise ValueError(f"{T} frames exceed the model's context of {spec.context} frames")
     state = init_stream_state(spec, B, seed)
     sampling = StreamSampling(jnp.float32(temperature), jnp.int32(top_k))
-    step = jax.jit(functools.partial(stream_step, spec))
+    step = _compiled_step(spec)
     outs = []
     for t in range(T):
         state, out, valid = step(params, state, user_codes[:, :, t], silence, sampling)

@@ -95,6 +95,15 @@ class LoadedLM:
         # A training workdir or an export directory (audiolm_jax/export.py).
         weights, self.step = load_inference_weights(workdir, self.task, step, what="LM")
         self.params = weights["params"]
+        self._codec = None
+
+    @property
+    def codec(self):
+        """The codec the LM's tokens come from (loaded on first use); None if none is named
+        (mu-law tokens)."""
+        if self._codec is None and (self.tokens.get("codec") or {}).get("workdir"):
+            self._codec = load_codec(self.tokens["codec"]["workdir"])
+        return self._codec
 
 
 def evaluate_lm(workdir: str, tokens_dir: str, batch_size: int = 8, max_batches: int = 50) -> dict:
@@ -123,14 +132,8 @@ def _prompt_codes(lm: LoadedLM, audio: np.ndarray):
     if meta["tokenizer"] == "mulaw":
         return (np.asarray(mulaw_encode(audio), np.int32)[None],
                 lambda c: np.asarray(mulaw_decode(c[0]), np.float32), float(meta["sample_rate"]))
-    codec = _codec(lm)
+    codec = lm.codec
     return codec.encode(audio), codec.decode, codec.frame_rate
-
-
-def _codec(lm: LoadedLM):
-    if getattr(lm, "_codec", None) is None:
-        lm._codec = load_codec(lm.tokens["codec"]["workdir"])
-    return lm._codec
 
 
 def _window_frames(task) -> int:

@@ -99,25 +99,31 @@ class _SlotEngine:
         self.sample_rate, self.hop = int(codec.sample_rate), int(codec.hop_length)
         self.frame_rate = float(codec.frame_rate)
 
-    def _start(self, slots: int, lm_step, fresh_lm_state) -> None:
-        """Streamer, one-device placement, stacked states and the compiled frame and join."""
+    def _streamer(self):
+        """The codec's batch-1 Mimi streamer, made once (its model, weights and states)."""
+        if getattr(self, "streamer", None) is None:
+            from audiolm_jax.codec.mimi.streaming import MimiStreamer
+
+            codec = self.codec
+            self.streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
+        return self.streamer
+
+    def _start(self, lm_step, fresh_lm_state) -> None:
+        """One-device placement, stacked states and the compiled frame and join."""
         import flax.linen as nn
         import jax
         import jax.numpy as jnp
 
-        from audiolm_jax.codec.mimi.streaming import MimiStreamer
         from audiolm_jax.moshi.slots import set_slot
 
-        codec = self.codec
         self.params = jax.tree.map(jnp.asarray, nn.meta.unbox(self.params))
-        streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
+        streamer = self._streamer()
         # Everything on one device with one kind of sharding: a restored codec's arrays carry
         # its training mesh, and states that pick it up at the first step would be a new
         # input type for the next (a second compile).
         one_device = functools.partial(jax.device_put, device=jax.devices()[0])
         self.params = one_device(self.params)
         self.codec_vars = one_device(streamer.variables)
-        self.streamer = streamer
         # A slot's fresh states: the generator's (its key set at join) and Mimi's.
         self._fresh = one_device((fresh_lm_state, streamer.init_encoder_state(),
                                   streamer.init_decoder_state()))
@@ -207,7 +213,7 @@ class MoshiEngine(_SlotEngine):
         # Weights as the step reads them (bf16 once, not cast at every frame).
         self.params = inference_params(cfg, nn.meta.unbox(moshi.params))
         self.settings = SlotSettings(self.slots)
-        self._start(slots, functools.partial(_moshi_step, cfg),
+        self._start(functools.partial(_moshi_step, cfg),
                     fresh_slot_state(cfg, 0, self.max_steps))
         self.tokenizer = moshi.text_tokenizer
         self._silent_ids = {TEXT_PAD_ID, TEXT_EPAD_ID}
@@ -232,7 +238,6 @@ class DepthLMEngine(_SlotEngine):
 
     def __init__(self, lm, slots: int = 1):
         import flax.linen as nn
-        import jax
         import jax.numpy as jnp
 
         from audiolm_jax.lm.depth_stream import DepthStream, init_stream_state
@@ -249,27 +254,18 @@ class DepthLMEngine(_SlotEngine):
         if lm.config.tokens.get("drop_semantic", False):
             raise ValueError(f"--workdir {lm.workdir!r}: an LM trained without the semantic "
                              "level cannot be decoded to audio")
-        codec_dir = (lm.tokens.get("codec") or {}).get("workdir")
-        codec = None
-        if codec_dir:
-            from audiolm_jax.codec.inference import load_codec
-
-            codec = load_codec(codec_dir)
-        self._check_codec(codec, lm.workdir, spec.levels, "LM")
+        self._check_codec(lm.codec, lm.workdir, spec.levels, "LM")
         self.user_levels = self.model_levels = spec.levels
         self.delay = spec.max_delay
         self.max_steps = spec.context
         self.params = lm.task.lm.inference_params(nn.meta.unbox(lm.params))
         self.settings = SlotSettings(self.slots, convert=_stream_sampling)
         # The codec's codes of one frame of silence: the model stream's first frame.
-        from audiolm_jax.codec.mimi.streaming import MimiStreamer, encode_step
-
-        streamer = MimiStreamer(codec.config, codec.params, codec.vq_stats, batch=1)
-        _, codes = jax.jit(lambda s, a: encode_step(streamer.model, streamer.variables, s, a,
-                                                    streamer.num_levels))(
-            streamer.init_encoder_state(), jnp.zeros((1, self.hop), jnp.float32))
+        streamer = self._streamer()
+        _, codes = streamer.encode_step(streamer.init_encoder_state(),
+                                        np.zeros((1, self.hop), np.float32))
         self.silence = np.asarray(codes).reshape(-1)[:spec.levels].astype(np.int32)
-        self._start(slots, functools.partial(_depth_step, spec, jnp.asarray(self.silence)),
+        self._start(functools.partial(_depth_step, spec, jnp.asarray(self.silence)),
                     init_stream_state(spec, 1))
 
 
